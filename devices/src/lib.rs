@@ -1,0 +1,1 @@
+//! Device models for hv-vmm (see README.md).

@@ -1,0 +1,2 @@
+//! Orchestrator (see README.md).
+#![forbid(unsafe_code)]

@@ -1,0 +1,1 @@
+//! Tiered block storage (see README.md).

@@ -1,0 +1,1 @@
+//! hv-vmm library (see README.md).
