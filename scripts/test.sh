@@ -3,4 +3,4 @@
 # reason without it unless HV_REQUIRE_KVM=1, which makes a missing /dev/kvm a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo test --workspace --release "$@"
+cargo test --workspace "$@"
