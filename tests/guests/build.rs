@@ -6,7 +6,18 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Guest sources, one ELF each. Keep in sync with `GUESTS` in src/lib.rs.
-const GUESTS: &[&str] = &["hello"];
+const GUESTS: &[&str] = &[
+    "hello",
+    "marker",
+    "smp",
+    "timer",
+    "serial_irq",
+    "cmdline",
+    "e820",
+    "hello64",
+    "halt",
+    "triple",
+];
 
 fn main() {
     let manifest_dir =

@@ -31,14 +31,88 @@ macro_rules! guest_elf {
     };
 }
 
-static GUESTS: &[Guest] = &[Guest {
-    name: "hello",
-    description: "PVH: prints RDY and resets through the i8042; the boot-time benchmark guest (11 instructions)",
-    elf: guest_elf!("hello"),
-    vcpus: 1,
-    expected_serial: "RDY\n",
-    exits_by_itself: true,
-}];
+static GUESTS: &[Guest] = &[
+    Guest {
+        name: "hello",
+        description: "PVH: prints RDY and resets through the i8042; the boot-time benchmark guest (11 instructions)",
+        elf: guest_elf!("hello"),
+        vcpus: 1,
+        expected_serial: "RDY\n",
+        exits_by_itself: true,
+    },
+    Guest {
+        name: "marker",
+        description: "PVH: writes 123 to the boot marker at MMIO 0xd0000000, prints RDY, resets",
+        elf: guest_elf!("marker"),
+        vcpus: 1,
+        expected_serial: "RDY\n",
+        exits_by_itself: true,
+    },
+    Guest {
+        name: "smp",
+        description: "PVH, 2 vCPUs: starts the AP with INIT+SIPI, the AP prints AP1, the BSP prints SMP OK, resets",
+        elf: guest_elf!("smp"),
+        vcpus: 2,
+        expected_serial: "AP1\nSMP OK\n",
+        exits_by_itself: true,
+    },
+    Guest {
+        name: "timer",
+        description: "PVH: takes a LAPIC timer interrupt, prints TICK from the handler, resets",
+        elf: guest_elf!("timer"),
+        vcpus: 1,
+        expected_serial: "TICK\n",
+        exits_by_itself: true,
+    },
+    Guest {
+        name: "serial_irq",
+        description: "PVH: COM1 THR-empty interrupt through IOAPIC pin 4, prints SERIAL IRQ from the handler, resets",
+        elf: guest_elf!("serial_irq"),
+        vcpus: 1,
+        expected_serial: "SERIAL IRQ\n",
+        exits_by_itself: true,
+    },
+    Guest {
+        name: "cmdline",
+        description: "PVH: prints CMDLINE:<kernel command line from hvm_start_info>, resets",
+        elf: guest_elf!("cmdline"),
+        vcpus: 1,
+        expected_serial: "CMDLINE:",
+        exits_by_itself: true,
+    },
+    Guest {
+        name: "e820",
+        description: "PVH: prints MEM <addr> <size> <type> per hvm_start_info memory-map entry, then E820 END <n>, resets",
+        elf: guest_elf!("e820"),
+        vcpus: 1,
+        expected_serial: "E820 END ",
+        exits_by_itself: true,
+    },
+    Guest {
+        name: "hello64",
+        description: "ELF64 without PVH note (64-bit Linux boot protocol): prints RDY64 and E820 <boot_params e820 count>, resets",
+        elf: guest_elf!("hello64"),
+        vcpus: 1,
+        expected_serial: "RDY64\nE820 ",
+        exits_by_itself: true,
+    },
+    Guest {
+        name: "halt",
+        description: "PVH: writes the boot marker, prints HALT, then cli; hlt forever (for stop and signal tests)",
+        elf: guest_elf!("halt"),
+        vcpus: 1,
+        expected_serial: "HALT\n",
+        exits_by_itself: false,
+    },
+    Guest {
+        name: "triple",
+        description: "PVH: prints BYE, then triple-faults; the VMM must exit non-zero with a register dump",
+        elf: guest_elf!("triple"),
+        vcpus: 1,
+        expected_serial: "BYE\n",
+        exits_by_itself: true,
+    },
+];
 
 /// Every test guest.
 pub fn all() -> &'static [Guest] {
@@ -113,6 +187,41 @@ mod tests {
                 guest.name
             );
         }
+    }
+
+    #[test]
+    fn test_guests_except_hello64_carry_the_pvh_note() {
+        for guest in all() {
+            let elf = summary(guest);
+            if guest.name == "hello64" {
+                assert_eq!(
+                    elf.pvh_entry, None,
+                    "hello64 must boot through the 64-bit Linux protocol"
+                );
+            } else {
+                assert!(elf.pvh_entry.is_some(), "{} has no PVH note", guest.name);
+            }
+        }
+    }
+
+    #[test]
+    fn test_only_smp_asks_for_two_vcpus() {
+        for guest in all() {
+            assert_eq!(
+                guest.vcpus,
+                if guest.name == "smp" { 2 } else { 1 },
+                "{}",
+                guest.name
+            );
+        }
+    }
+
+    #[test]
+    fn test_hello64_enters_at_load_address() {
+        assert_eq!(
+            summary(by_name("hello64").expect("hello64 exists")).entry,
+            LOAD_ADDRESS
+        );
     }
 
     #[test]
