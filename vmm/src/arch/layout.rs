@@ -56,6 +56,10 @@ pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
 /// KVM's identity-map page for real-mode emulation (the page before the TSS).
 pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
 
+// The 64-bit boot stack grows down from between the zero page and the page tables.
+const _: () =
+    assert!(BOOT_STACK_POINTER < PML4_START && BOOT_STACK_POINTER > ZERO_PAGE_START + 0x1000);
+
 /// RAM ranges `(start, len)` for a guest of `memory_bytes`: below the MMIO hole, and the rest above
 /// 4 GiB.
 pub fn ram_ranges(memory_bytes: u64) -> Vec<(u64, u64)> {
@@ -99,6 +103,5 @@ mod tests {
         for pair in regions.windows(2) {
             assert!(pair[0].0 + pair[0].1 <= pair[1].0, "{pair:x?}");
         }
-        assert!(BOOT_STACK_POINTER < PML4_START && BOOT_STACK_POINTER > ZERO_PAGE_START + 0x1000);
     }
 }
