@@ -4,69 +4,16 @@
 //! microvm has no i8042, so a guest that resets does not end QEMU: each boot is stopped once the
 //! expected text has appeared (or after a generous deadline). `-no-reboot` turns a triple fault
 //! into a QEMU exit. hello64 is not here: QEMU boots only PVH ELFs; hv-vmm's tests cover it.
-//!
-//! Skips with a printed reason when qemu-system-x86_64 is missing, unless CI=true or
-//! HV_REQUIRE_TOOLS=1 (then its absence fails the test).
+//! Skips without qemu-system-x86_64 unless CI=true or HV_REQUIRE_TOOLS=1 (tests/common).
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+mod common;
 
+use std::path::Path;
+
+use common::{qemu_or_skip, Boot, GUEST_DEADLINE};
 use hv_test_guests::Guest;
 
-const QEMU: &str = "qemu-system-x86_64";
-/// Guests run emulated on the project's machines; keep far away from any real boot time.
-const DEADLINE: Duration = Duration::from_secs(60);
-
-fn tools_required() -> bool {
-    std::env::var("CI").is_ok_and(|value| value == "true")
-        || std::env::var("HV_REQUIRE_TOOLS").is_ok_and(|value| value == "1")
-}
-
-fn find_in_path(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
-}
-
-/// The QEMU binary, or None (after saying why) when the test should skip.
-fn qemu_or_skip(test: &str) -> Option<PathBuf> {
-    match find_in_path(QEMU) {
-        Some(qemu) => Some(qemu),
-        None if tools_required() => panic!("{QEMU} is required (CI=true or HV_REQUIRE_TOOLS=1) but not in PATH; apt-get install qemu-system-x86"),
-        None => {
-            eprintln!("skipping {test}: {QEMU} not found (apt-get install qemu-system-x86)");
-            None
-        }
-    }
-}
-
-fn accelerator() -> &'static str {
-    let kvm_usable = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .is_ok();
-    if kvm_usable {
-        "kvm"
-    } else {
-        "tcg"
-    }
-}
-
-/// What came out of one boot.
-#[derive(Debug)]
-struct Boot {
-    serial: String,
-    /// QEMU ended by itself (e.g. triple fault with -no-reboot) before we stopped it.
-    exited_by_itself: bool,
-}
-
-/// Writes `guest` to `dir`, boots it and collects COM1 until `done(serial)` holds, QEMU exits,
-/// or the deadline passes.
+/// Writes `guest` to `dir` and boots it with 128 MiB and its vCPU count.
 fn boot(
     qemu: &Path,
     dir: &Path,
@@ -76,70 +23,10 @@ fn boot(
 ) -> Boot {
     let kernel = dir.join(format!("{}.elf", guest.name));
     std::fs::write(&kernel, guest.elf).expect("write the guest ELF to the temp dir");
-    let mut child = Command::new(qemu)
-        .args([
-            "-M",
-            "microvm",
-            "-accel",
-            accelerator(),
-            "-m",
-            "128",
-            "-nographic",
-            "-nodefaults",
-            "-no-reboot",
-        ])
-        .args([
-            "-smp",
-            &guest.vcpus.to_string(),
-            "-serial",
-            "stdio",
-            "-kernel",
-        ])
-        .arg(&kernel)
-        .args(extra_args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start qemu-system-x86_64");
-    let serial = collect_until(&mut child, done);
-    let exited_by_itself = matches!(child.try_wait(), Ok(Some(_)));
-    let _ = child.kill();
-    let _ = child.wait();
-    Boot {
-        serial,
-        exited_by_itself,
-    }
-}
-
-fn collect_until(child: &mut Child, done: impl Fn(&str) -> bool) -> String {
-    let mut stdout = child.stdout.take().expect("stdout is piped");
-    let (sender, receiver) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut chunk = [0_u8; 4096];
-        while let Ok(read) = stdout.read(&mut chunk) {
-            if read == 0 || sender.send(chunk[..read].to_vec()).is_err() {
-                break;
-            }
-        }
-    });
-    let started = Instant::now();
-    let mut bytes = Vec::new();
-    while let Some(left) = DEADLINE.checked_sub(started.elapsed()) {
-        match receiver.recv_timeout(left) {
-            Ok(chunk) => {
-                bytes.extend_from_slice(&chunk);
-                if done(&String::from_utf8_lossy(&bytes)) {
-                    break;
-                }
-            }
-            // Disconnected: QEMU closed stdout (exited). Timeout: deadline reached.
-            Err(_) => break,
-        }
-    }
-    // A moment for QEMU to exit by itself when it is about to (triple fault).
-    std::thread::sleep(Duration::from_millis(200));
-    String::from_utf8_lossy(&bytes).into_owned()
+    let vcpus = guest.vcpus.to_string();
+    let mut args = vec!["-m", "128", "-smp", &vcpus];
+    args.extend_from_slice(extra_args);
+    common::boot(qemu, &kernel, &args, GUEST_DEADLINE, done)
 }
 
 fn guest(name: &str) -> &'static Guest {
@@ -147,11 +34,11 @@ fn guest(name: &str) -> &'static Guest {
 }
 
 /// Boots `name` with its defaults and checks its expected text; returns the boot for more checks.
-fn boot_expecting_defaults(test: &str, name: &str, extra_args: &[&str]) -> Option<Boot> {
+fn boot_expecting_defaults(test: &str, name: &str) -> Option<Boot> {
     let qemu = qemu_or_skip(test)?;
     let dir = tempdir();
     let guest = guest(name);
-    let result = boot(&qemu, dir.path(), guest, extra_args, |serial| {
+    let result = boot(&qemu, dir.path(), guest, &[], |serial| {
         serial.contains(guest.expected_serial)
     });
     assert!(
@@ -169,22 +56,21 @@ fn tempdir() -> tempfile::TempDir {
 
 #[test]
 fn test_qemu_hello_prints_rdy() {
-    if let Some(result) = boot_expecting_defaults("test_qemu_hello_prints_rdy", "hello", &[]) {
+    if let Some(result) = boot_expecting_defaults("test_qemu_hello_prints_rdy", "hello") {
         assert_eq!(result.serial, "RDY\n");
     }
 }
 
 #[test]
 fn test_qemu_marker_prints_rdy() {
-    if let Some(result) = boot_expecting_defaults("test_qemu_marker_prints_rdy", "marker", &[]) {
+    if let Some(result) = boot_expecting_defaults("test_qemu_marker_prints_rdy", "marker") {
         assert_eq!(result.serial, "RDY\n");
     }
 }
 
 #[test]
 fn test_qemu_halt_prints_and_keeps_running() {
-    if let Some(result) =
-        boot_expecting_defaults("test_qemu_halt_prints_and_keeps_running", "halt", &[])
+    if let Some(result) = boot_expecting_defaults("test_qemu_halt_prints_and_keeps_running", "halt")
     {
         assert_eq!(result.serial, "HALT\n");
         assert!(!result.exited_by_itself, "halt must never end the VM");
@@ -193,23 +79,25 @@ fn test_qemu_halt_prints_and_keeps_running() {
 
 #[test]
 fn test_qemu_triple_faults_once() {
-    // -no-reboot: the triple fault (a shutdown) ends QEMU; one BYE shows it did not re-run.
-    if let Some(result) = boot_expecting_defaults("test_qemu_triple_faults_once", "triple", &[]) {
-        assert_eq!(result.serial, "BYE\n");
-        assert!(
-            result.exited_by_itself,
-            "a triple fault must end QEMU under -no-reboot"
-        );
-    }
+    let Some(qemu) = qemu_or_skip("test_qemu_triple_faults_once") else {
+        return;
+    };
+    let dir = tempdir();
+    // -no-reboot: the triple fault (a shutdown) ends QEMU, so wait for that; one BYE shows the
+    // guest did not run again.
+    let result = boot(&qemu, dir.path(), guest("triple"), &[], |_| false);
+    assert_eq!(result.serial, "BYE\n");
+    assert!(
+        result.exited_by_itself,
+        "a triple fault must end QEMU under -no-reboot"
+    );
 }
 
 #[test]
 fn test_qemu_timer_ticks_from_the_interrupt_handler() {
-    if let Some(result) = boot_expecting_defaults(
-        "test_qemu_timer_ticks_from_the_interrupt_handler",
-        "timer",
-        &[],
-    ) {
+    if let Some(result) =
+        boot_expecting_defaults("test_qemu_timer_ticks_from_the_interrupt_handler", "timer")
+    {
         assert_eq!(result.serial, "TICK\n");
     }
 }
@@ -219,7 +107,6 @@ fn test_qemu_serial_irq_prints_from_the_interrupt_handler() {
     if let Some(result) = boot_expecting_defaults(
         "test_qemu_serial_irq_prints_from_the_interrupt_handler",
         "serial_irq",
-        &[],
     ) {
         assert_eq!(result.serial, "SERIAL IRQ\n");
     }
@@ -227,9 +114,7 @@ fn test_qemu_serial_irq_prints_from_the_interrupt_handler() {
 
 #[test]
 fn test_qemu_smp_starts_the_second_vcpu() {
-    if let Some(result) =
-        boot_expecting_defaults("test_qemu_smp_starts_the_second_vcpu", "smp", &[])
-    {
+    if let Some(result) = boot_expecting_defaults("test_qemu_smp_starts_the_second_vcpu", "smp") {
         assert_eq!(result.serial, "AP1\nSMP OK\n");
     }
 }
@@ -244,27 +129,29 @@ fn test_qemu_smp_reports_timeout_without_a_second_vcpu() {
         vcpus: 1,
         ..*guest("smp")
     };
-    let result = boot(&qemu, dir.path(), &one_vcpu, &[], |serial| {
-        serial.contains("SMP TIMEOUT\n")
-    });
+    // The timeout path triple-faults, which ends QEMU: wait for that.
+    let result = boot(&qemu, dir.path(), &one_vcpu, &[], |_| false);
     assert_eq!(result.serial, "SMP TIMEOUT\n");
     assert!(result.exited_by_itself, "the timeout path triple-faults");
 }
 
 #[test]
 fn test_qemu_cmdline_prints_the_command_line() {
+    let Some(qemu) = qemu_or_skip("test_qemu_cmdline_prints_the_command_line") else {
+        return;
+    };
+    let dir = tempdir();
     let text = "console=ttyS0 hv.test=cmdline";
-    if let Some(result) = boot_expecting_defaults(
-        "test_qemu_cmdline_prints_the_command_line",
-        "cmdline",
+    let line = format!("CMDLINE:{text}\n");
+    // Wait for the whole line: the guest's expected_serial is only its prefix.
+    let result = boot(
+        &qemu,
+        dir.path(),
+        guest("cmdline"),
         &["-append", text],
-    ) {
-        assert!(
-            result.serial.contains(&format!("CMDLINE:{text}\n")),
-            "{:?}",
-            result.serial
-        );
-    }
+        |serial| serial.contains(&line),
+    );
+    assert_eq!(result.serial, line);
 }
 
 #[test]
