@@ -103,6 +103,15 @@ fn test_qemu_timer_ticks_from_the_interrupt_handler() {
 }
 
 #[test]
+fn test_qemu_pit_ticks_through_the_legacy_pic() {
+    if let Some(result) =
+        boot_expecting_defaults("test_qemu_pit_ticks_through_the_legacy_pic", "pit")
+    {
+        assert_eq!(result.serial, "PIT TICK\n");
+    }
+}
+
+#[test]
 fn test_qemu_serial_irq_prints_from_the_interrupt_handler() {
     if let Some(result) = boot_expecting_defaults(
         "test_qemu_serial_irq_prints_from_the_interrupt_handler",
