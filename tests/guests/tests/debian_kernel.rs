@@ -24,7 +24,7 @@ const HIGHMEM_START: GuestAddress = GuestAddress(0x10_0000);
 const GUEST_RAM: usize = 256 << 20;
 /// The banner comes ~10 s after start on these hosts; leave room for a loaded machine.
 const BANNER_DEADLINE: Duration = Duration::from_secs(180);
-/// The bzImage decompresses itself emulated first: the banner took 211 s here.
+/// The bzImage decompresses itself emulated first: the banner took 138-211 s here.
 const BZIMAGE_BANNER_DEADLINE: Duration = Duration::from_secs(600);
 
 /// `.guest-assets/debian/<name>`, or None (after saying why) when the test should skip.
@@ -119,7 +119,7 @@ fn test_qemu_boots_debian_vmlinux_to_its_banner() {
 }
 
 #[test]
-#[ignore = "the bzImage decompresses itself emulated: ~4 minutes of CPU; run with --ignored"]
+#[ignore = "the bzImage decompresses itself emulated: 2-4 minutes; run with --ignored"]
 fn test_qemu_boots_debian_bzimage_to_its_banner() {
     boot_to_banner(
         "test_qemu_boots_debian_bzimage_to_its_banner",
