@@ -33,7 +33,10 @@ fn asset(name: &str) -> Option<PathBuf> {
         "{} is missing: run scripts/fetch-debian-kernel.sh",
         path.display()
     );
-    assert!(!required, "{reason} (required because CI=true or HV_REQUIRE_TOOLS=1)");
+    assert!(
+        !required,
+        "{reason} (required because CI=true or HV_REQUIRE_TOOLS=1)"
+    );
     eprintln!("SKIP: {reason}");
     None
 }
@@ -44,7 +47,10 @@ fn boot_until_banner(kernel: &PathBuf, limit: Duration) -> String {
     let mut child = hv_vmm()
         .args(["run", "--memory", "512M", "--kernel"])
         .arg(kernel)
-        .args(["--cmdline", "console=ttyS0 earlyprintk=ttyS0 reboot=k panic=1"])
+        .args([
+            "--cmdline",
+            "console=ttyS0 earlyprintk=ttyS0 reboot=k panic=1",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
