@@ -222,13 +222,20 @@ struct Wiring {
     trace: StartupTrace,
 }
 
+/// vCPUs ready to start, and the devices the VMM thread keeps handles to.
+struct Prepared {
+    vcpus: Vec<Vcpu>,
+    serial: Arc<Mutex<Serial>>,
+    api: Option<ApiSocket>,
+}
+
 /// Everything that can happen while the memory slots are being registered.
 fn prepare_vcpus_and_devices(
     vm: &Vm,
     config: &VmConfig,
     cpuid: &kvm_bindings::CpuId,
     wiring: &Wiring,
-) -> Result<(Vec<Vcpu>, Arc<Mutex<Serial>>, Option<ApiSocket>), BuildError> {
+) -> Result<Prepared, BuildError> {
     let Wiring {
         events: event_sender,
         boot_time_us,
@@ -262,7 +269,7 @@ fn prepare_vcpus_and_devices(
         });
     }
     trace.phase("vCPUs configured");
-    Ok((vcpus, serial, api))
+    Ok(Prepared { vcpus, serial, api })
 }
 
 /// Builds the VM described by `config` and starts its vCPUs.
@@ -309,7 +316,7 @@ pub fn build_and_start(config: VmConfig, clock: ProcessClock) -> Result<RunningV
     // The memory-slot ioctl waits for a kernel grace period (milliseconds on a busy host); run it
     // beside everything else that does not need guest memory registered: loading the kernel
     // (written through our own mapping), devices, CPUID, vCPU creation.
-    let (vcpus, serial, api) = std::thread::scope(|scope| {
+    let Prepared { vcpus, serial, api } = std::thread::scope(|scope| {
         let slots = std::thread::Builder::new()
             .name("hv-memslots".into())
             .stack_size(64 * 1024)
