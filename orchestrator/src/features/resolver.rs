@@ -48,7 +48,11 @@ pub struct Resolution {
     pub ram_mb: u64,
     pub host_ram_mb: Option<u64>,
     pub tier: String,
+    /// Why this tier: the feature that needs it, or the requested tier.
+    pub tier_reason: String,
     pub risk: Risk,
+    /// The enabled features at the resulting risk level.
+    pub risk_from: Vec<String>,
 }
 
 impl Resolution {
@@ -192,14 +196,19 @@ pub fn resolve(
         None => warnings.push("host not detected: hardware and RAM checks skipped".into()),
     }
     let added = in_catalog_order_by(catalog, added, |a| &a.feature);
+    let (tier, tier_reason) =
+        resulting_tier(catalog, selection.tier.as_deref(), &enabled, &mut warnings);
+    let features = || enabled.iter().filter_map(|n| catalog.feature(n));
+    let risk = features().map(|f| f.risk).max().unwrap_or(Risk::Low);
+    let risk_from = features()
+        .filter(|f| f.risk == risk)
+        .map(|f| f.name.clone())
+        .collect();
     Ok(Resolution {
-        tier: resulting_tier(catalog, selection.tier.as_deref(), &enabled, &mut warnings),
-        risk: enabled
-            .iter()
-            .filter_map(|n| catalog.feature(n))
-            .map(|f| f.risk)
-            .max()
-            .unwrap_or(Risk::Low),
+        tier,
+        tier_reason,
+        risk,
+        risk_from,
         requested: in_catalog_order(catalog, &requested),
         selection: selection.clone(),
         enabled,
@@ -362,30 +371,38 @@ fn host_problem(requirement: HostRequirement, host: &HostFacts, feature: &str) -
 
 /// The lowest tier whose features include every tier-listed enabled feature, raised to the
 /// requested tier. Features no tier lists (desktops, dev tools) do not move the tier.
+/// Returns the tier and why.
 fn resulting_tier(
     catalog: &Catalog,
     requested: Option<&str>,
     enabled: &[String],
     warnings: &mut Vec<String>,
-) -> String {
+) -> (String, String) {
     let needed = enabled
         .iter()
         .filter_map(|f| catalog.tier_of_feature(f).map(|rank| (rank, f)))
         .max_by_key(|(rank, _)| *rank);
     let requested_rank = requested.and_then(|t| catalog.tier_rank(t));
-    let rank = match (needed, requested_rank) {
+    let name = |rank: usize| catalog.tiers[rank].name.clone();
+    match (needed, requested_rank) {
         (Some((needed, feature)), Some(requested)) if needed > requested => {
             warnings.push(format!(
                 "{feature} belongs to tier {}: tier raised from {}",
-                catalog.tiers[needed].name, catalog.tiers[requested].name
+                name(needed),
+                name(requested)
             ));
-            needed
+            (
+                name(needed),
+                format!("{feature} is first listed in tier {}", name(needed)),
+            )
         }
-        (Some((needed, _)), None) => needed,
-        (_, Some(requested)) => requested,
-        (None, None) => 0,
-    };
-    catalog.tiers[rank].name.clone()
+        (Some((needed, feature)), None) => (
+            name(needed),
+            format!("{feature} is first listed in tier {}", name(needed)),
+        ),
+        (_, Some(requested)) => (name(requested), "requested with --tier".to_string()),
+        (None, None) => (name(0), "no feature needs a higher tier".to_string()),
+    }
 }
 
 #[cfg(test)]
