@@ -13,5 +13,7 @@ pub mod suggest;
 pub use catalog::{Catalog, CatalogError, Feature, Risk};
 pub use manager::{Manager, ManagerError};
 pub use plan::{make_plan, Plan, PlanError, SettingChange};
-pub use resolver::{resolve, resolve_change, Change, Resolution, ResolveError, Selection};
+pub use resolver::{
+    resolve, resolve_change, validate_enabled, Change, Resolution, ResolveError, Selection,
+};
 pub use state::{FeatureState, StateDir, StateError};

@@ -285,6 +285,31 @@ fn in_catalog_order_by<T>(
     items
 }
 
+/// Checks a hand-written list of enabled features (what `nixos/module.nix` receives): every
+/// dependency present and no conflict. `nixos/rules.nix` produces the same lines for the
+/// module's assertions; a test keeps the two identical.
+pub fn validate_enabled(catalog: &Catalog, enabled: &[String]) -> Vec<String> {
+    let enabled: BTreeSet<String> = enabled.iter().cloned().collect();
+    let ordered = in_catalog_order(catalog, &enabled);
+    let mut errors = Vec::new();
+    for name in &ordered {
+        let Some(feature) = catalog.feature(name) else {
+            continue;
+        };
+        for dep in &feature.depends {
+            if !catalog
+                .matching(dep)
+                .iter()
+                .any(|m| enabled.contains(&m.name))
+            {
+                errors.push(format!("{name} needs {dep}"));
+            }
+        }
+    }
+    errors.extend(conflicts(catalog, &ordered));
+    errors
+}
+
 /// One line per conflicting pair, in catalog order (`desktop-kde conflicts with desktop-gnome`).
 fn conflicts(catalog: &Catalog, enabled: &[String]) -> Vec<String> {
     let mut errors = Vec::new();
@@ -511,6 +536,28 @@ mod tests {
             .warnings
             .iter()
             .any(|w| w.contains("tier raised from minimal")));
+    }
+
+    #[test]
+    fn test_validate_enabled_reports_missing_and_conflicts() {
+        let enabled: Vec<String> = [
+            "web-dashboard",
+            "desktop-gnome",
+            "desktop-kde",
+            "remote-desktop",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            validate_enabled(&catalog(), &enabled),
+            [
+                "desktop-kde needs core",
+                "desktop-gnome needs core",
+                "web-dashboard needs monitoring",
+                "desktop-kde conflicts with desktop-gnome (desktop environments are mutually exclusive)",
+            ]
+        );
     }
 
     #[test]

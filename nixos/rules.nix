@@ -1,0 +1,42 @@
+# The resolver's checks on a finished feature list, in plain Nix (builtins only, no nixpkgs),
+# so the NixOS module can assert them. Each message is the exact line the Rust function
+# `hv_orchestrator::features::validate_enabled` prints; orchestrator/tests/features_nix.rs
+# compares the two on many lists.
+#
+#   errors :: catalog -> [ string ] -> [ string ]
+let
+  inherit (builtins) any elem elemAt filter genList length stringLength substring concatLists;
+
+  isWildcard = dep: stringLength dep > 0 && substring (stringLength dep - 1) 1 dep == "*";
+  prefixOf = dep: substring 0 (stringLength dep - 1) dep;
+  hasPrefix = prefix: s: substring 0 (stringLength prefix) s == prefix;
+
+  # Catalog features matching a dependency entry (`desktop-*` matches every `desktop-...`).
+  matching = catalog: dep:
+    filter (f: if isWildcard dep then hasPrefix (prefixOf dep) f.name else f.name == dep) catalog.features;
+
+  # Enabled names in catalog order (the order every message uses).
+  ordered = catalog: enabled: map (f: f.name) (filter (f: elem f.name enabled) catalog.features);
+
+  missing = catalog: enabled:
+    concatLists (map
+      (f: map (dep: "${f.name} needs ${dep}")
+        (filter (dep: !(any (m: elem m.name enabled) (matching catalog dep))) f.depends))
+      (filter (f: elem f.name enabled) catalog.features));
+
+  conflictReason = catalog: a: b:
+    let found = filter (c: a != b && elem a c.features && elem b c.features) catalog.conflicts;
+    in if found == [ ] then null else (elemAt found 0).reason;
+
+  conflicts = catalog: enabled:
+    let
+      names = ordered catalog enabled;
+      n = length names;
+      pairs = concatLists (genList (i: genList (j: { a = elemAt names i; b = elemAt names (i + j + 1); }) (n - i - 1)) n);
+      withReason = map (p: p // { reason = conflictReason catalog p.a p.b; }) pairs;
+    in
+    map (p: "${p.a} conflicts with ${p.b} (${p.reason})") (filter (p: p.reason != null) withReason);
+in
+{
+  errors = catalog: enabled: missing catalog enabled ++ conflicts catalog enabled;
+}
