@@ -27,9 +27,13 @@ let
 
   # `{ "services.prometheus.enable" = true; }` -> option definitions, active when the feature is.
   # The attribute paths come from the catalog, not from `config`, so this cannot recurse.
+  # Scalars are defaults the user's configuration can override; lists (e.g.
+  # boot.supportedFilesystems) are merged at normal priority, because a mkDefault list would be
+  # dropped entirely as soon as the user defines that option too.
   featureConfig = feature:
     lib.mkIf (enabled feature.name) (lib.mkMerge (lib.mapAttrsToList
-      (path: value: lib.setAttrByPath (lib.splitString "." path) (lib.mkDefault value))
+      (path: value: lib.setAttrByPath (lib.splitString "." path)
+        (if builtins.isList value then value else lib.mkDefault value))
       feature.nixos));
 in
 {

@@ -151,13 +151,15 @@ fn test_nix_module_and_flake_parse() {
     }
     let root = repo_root();
     let mut files = vec![root.join("flake.nix")];
-    for entry in std::fs::read_dir(root.join("nixos")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "nix") {
-            files.push(path);
+    for dir in ["nixos", "nixos/tests"] {
+        for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "nix") {
+                files.push(path);
+            }
         }
     }
-    assert!(files.len() >= 4, "{files:?}");
+    assert!(files.len() >= 6, "{files:?}");
     for file in files {
         nix_parses(&file).unwrap_or_else(|err| panic!("{}: {err}", file.display()));
     }
@@ -217,4 +219,139 @@ fn test_generated_files_parse_and_evaluate_to_the_plan() {
         ]);
         assert_eq!(value, serde_json::json!(resolution.tier));
     }
+}
+
+/// `nixos/tests/eval-module.nix` with the given enabled features and extra arguments.
+fn eval_module(enabled: &[String], extra: &str) -> serde_json::Value {
+    let script = repo_root().join("nixos/tests/eval-module.nix");
+    let expression = format!(
+        "import {} {{ enabledFeatures = builtins.fromJSON {}; {extra} }}",
+        script.display(),
+        nix_string(&serde_json::to_string(enabled).unwrap())
+    );
+    nix_eval(&["-E", &expression])
+}
+
+fn definition<'a>(module: &'a serde_json::Value, path: &str) -> Option<&'a serde_json::Value> {
+    module["definitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["path"] == path)
+        .map(|d| &d["value"])
+}
+
+#[test]
+fn test_nix_module_maps_features_and_flags_to_nixos_options() {
+    if !have_nix() {
+        return;
+    }
+    let enabled: Vec<String> = ["core", "monitoring", "web-dashboard"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let module = eval_module(&enabled, "settings.monitoring.retention = 90;");
+    assert_eq!(module["failedAssertions"], serde_json::json!([]));
+    assert_eq!(
+        definition(&module, "services.prometheus.enable"),
+        Some(&serde_json::json!(true))
+    );
+    assert_eq!(
+        definition(&module, "services.grafana.enable"),
+        Some(&serde_json::json!(true))
+    );
+    assert_eq!(
+        definition(&module, "services.nginx.enable"),
+        Some(&serde_json::json!(true))
+    );
+    assert_eq!(
+        definition(&module, "services.prometheus.retentionTime"),
+        Some(&serde_json::json!("90d"))
+    );
+    assert_eq!(
+        definition(&module, "networking.firewall.allowedTCPPorts"),
+        Some(&serde_json::json!([443]))
+    );
+    assert_eq!(definition(&module, "services.xserver.enable"), None);
+    let options = module["optionNames"].as_array().unwrap();
+    for name in ["featureManager", "systemTier", "securityMode", "package"] {
+        assert!(
+            options.contains(&serde_json::json!(name)),
+            "hypervisor.{name} missing"
+        );
+    }
+}
+
+#[test]
+fn test_nix_module_defines_exactly_the_catalog_mapping_of_each_closure() {
+    if !have_nix() {
+        return;
+    }
+    let catalog = Catalog::builtin().unwrap();
+    for feature in catalog.features.iter().filter(|f| !f.nixos.is_empty()) {
+        let selection = Selection {
+            tier: None,
+            extra: [feature.name.clone()].into(),
+        };
+        let enabled = resolve(&catalog, &selection, None).unwrap().enabled;
+        let module = eval_module(&enabled, "");
+        assert_eq!(
+            module["failedAssertions"],
+            serde_json::json!([]),
+            "{}",
+            feature.name
+        );
+        let mut expected: Vec<(String, serde_json::Value)> = enabled
+            .iter()
+            .flat_map(|name| catalog.feature(name).unwrap().nixos.clone())
+            .collect();
+        expected.sort_by(|a, b| a.0.cmp(&b.0));
+        expected.dedup();
+        let mut from_features: Vec<(String, serde_json::Value)> = module["definitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| {
+                catalog
+                    .features
+                    .iter()
+                    .any(|f| f.nixos.contains_key(d["path"].as_str().unwrap()))
+            })
+            .map(|d| (d["path"].as_str().unwrap().to_string(), d["value"].clone()))
+            .collect();
+        from_features.sort_by(|a, b| a.0.cmp(&b.0));
+        from_features.dedup();
+        assert_eq!(from_features, expected, "{}", feature.name);
+    }
+}
+
+#[test]
+fn test_nix_module_asserts_the_resolver_rules() {
+    if !have_nix() {
+        return;
+    }
+    let catalog = Catalog::builtin().unwrap();
+    let enabled: Vec<String> = ["core", "desktop-kde", "desktop-gnome", "virt-manager"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let module = eval_module(&enabled, "");
+    let expected = validate_enabled(&catalog, &enabled);
+    assert_eq!(expected, ["virt-manager needs libvirt", "desktop-kde conflicts with desktop-gnome (desktop environments are mutually exclusive)"]);
+    assert_eq!(module["failedAssertions"], serde_json::json!(expected));
+}
+
+#[test]
+fn test_nix_module_hardened_mode_is_forced_at_boot() {
+    if !have_nix() {
+        return;
+    }
+    let module = eval_module(&["core".to_string()], "securityMode = \"hardened\";");
+    let rules = definition(&module, "systemd.tmpfiles.rules").unwrap();
+    assert!(rules.as_array().unwrap().contains(&serde_json::json!(
+        "F /var/lib/hypervisor/state/security-mode 0640 root root - hardened"
+    )));
+    let module = eval_module(&["core".to_string()], "");
+    let rules = definition(&module, "systemd.tmpfiles.rules").unwrap();
+    assert!(!rules.to_string().contains("security-mode"));
 }
