@@ -33,6 +33,7 @@
 
       # Same data as the NixOS module reads; `nix eval .#catalog --json` prints it.
       catalog = import ./nixos/catalog.nix;
+      # featureErrors [ "desktop-kde" "desktop-gnome" ] null -> the lines `hv` would print.
       lib.featureErrors = (import ./nixos/rules.nix).errors (import ./nixos/catalog.nix);
     };
 }

@@ -68,6 +68,16 @@ in
         description = "Enabled features: the closure `hv features apply` resolved (dependencies included).";
       };
 
+      riskTolerance = lib.mkOption {
+        type = lib.types.nullOr (lib.types.enum (map (t: t.name) catalog.risk_tolerances));
+        default = null;
+        example = "cautious";
+        description = ''
+          Seed 001's risk tolerance: paranoid (low-risk features only), cautious and balanced
+          (no high-risk features), accepting (everything). null: no limit.
+        '';
+      };
+
       settings = lib.mkOption {
         type = lib.types.attrsOf (lib.types.attrsOf lib.types.anything);
         default = { };
@@ -86,7 +96,7 @@ in
   config = lib.mkMerge ([
     (lib.mkIf fm.enable {
       assertions = map (message: { assertion = false; inherit message; })
-        (rules.errors catalog fm.enabledFeatures);
+        (rules.errors catalog fm.enabledFeatures fm.riskTolerance);
 
       environment.systemPackages = lib.optional (cfg.package != null) cfg.package;
       environment.variables.HV_STATE_DIR = fm.stateDir;

@@ -3,7 +3,7 @@
 # `hv_orchestrator::features::validate_enabled` prints; orchestrator/tests/features_nix.rs
 # compares the two on many lists.
 #
-#   errors :: catalog -> [ string ] -> [ string ]
+#   errors :: catalog -> [ string ] -> (string or null: risk tolerance) -> [ string ]
 let
   inherit (builtins) any elem elemAt filter genList length stringLength substring concatLists;
 
@@ -36,7 +36,18 @@ let
       withReason = map (p: p // { reason = conflictReason catalog p.a p.b; }) pairs;
     in
     map (p: "${p.a} conflicts with ${p.b} (${p.reason})") (filter (p: p.reason != null) withReason);
+  riskRank = { low = 0; moderate = 1; high = 2; };
+
+  riskErrors = catalog: enabled: tolerance:
+    if tolerance == null then [ ] else
+    let
+      found = filter (t: t.name == tolerance) catalog.risk_tolerances;
+      limit = if found == [ ] then throw "unknown risk tolerance ${tolerance}" else elemAt found 0;
+      tooRisky = filter (f: elem f.name enabled && riskRank.${f.risk} > riskRank.${limit.max_risk}) catalog.features;
+    in
+    map (f: "${f.name} is ${f.risk} risk; risk tolerance ${limit.name} allows up to ${limit.max_risk}") tooRisky;
 in
 {
-  errors = catalog: enabled: missing catalog enabled ++ conflicts catalog enabled;
+  errors = catalog: enabled: tolerance:
+    missing catalog enabled ++ conflicts catalog enabled ++ riskErrors catalog enabled tolerance;
 }

@@ -3,7 +3,7 @@
 #   [ { path = "services.prometheus.enable"; value = true; default = true; } ... ]
 # Only definitions whose mkIf conditions hold are kept. This checks the module's own logic
 # (feature -> option mapping, flags, assertions); the NixOS option types are not checked here.
-{ enabledFeatures, settings ? { }, securityMode ? "setup", enable ? true }:
+{ enabledFeatures, settings ? { }, securityMode ? "setup", enable ? true, riskTolerance ? null }:
 let
   inherit (builtins) attrNames concatLists concatStringsSep filter isAttrs isList isString split;
 
@@ -37,7 +37,7 @@ let
     systemTier = "minimal";
     inherit securityMode;
     featureManager = {
-      inherit enable enabledFeatures settings;
+      inherit enable enabledFeatures settings riskTolerance;
       stateDir = "/var/lib/hypervisor";
     };
   };

@@ -16,6 +16,7 @@ fn select(names: &[&str]) -> Selection {
     Selection {
         tier: None,
         extra: names.iter().map(|s| s.to_string()).collect(),
+        risk_tolerance: None,
     }
 }
 
@@ -129,6 +130,7 @@ fn test_resolve_enterprise_tier_on_laptop_reports_ram() {
     let selection = Selection {
         tier: Some("enterprise".into()),
         extra: Default::default(),
+        risk_tolerance: None,
     };
     let resolution = resolve(&catalog, &selection, Some(&fixture("laptop"))).unwrap();
     let ram_line = format!(

@@ -105,6 +105,7 @@ fn test_nix_rules_match_rust_validation() {
         let selection = Selection {
             tier: None,
             extra: case.into_iter().collect(),
+            risk_tolerance: None,
         };
         cases.push(resolve(&catalog, &selection, None).unwrap().enabled);
     }
@@ -114,13 +115,28 @@ fn test_nix_rules_match_rust_validation() {
         "desktop-xfce".into(),
         "core".into(),
     ]);
+    // Every case once without a risk tolerance and once with one (cycling through them).
+    let tolerances: Vec<Option<String>> = std::iter::once(None)
+        .chain(catalog.risk_tolerances.iter().map(|t| Some(t.name.clone())))
+        .collect();
+    let cases: Vec<(Vec<String>, Option<String>)> = cases
+        .iter()
+        .enumerate()
+        .flat_map(|(i, c)| {
+            [
+                (c.clone(), None),
+                (c.clone(), tolerances[i % tolerances.len()].clone()),
+            ]
+        })
+        .collect();
     let expected: Vec<Vec<String>> = cases
         .iter()
-        .map(|c| validate_enabled(&catalog, c))
+        .map(|(c, t)| validate_enabled(&catalog, c, t.as_deref()))
         .collect();
     let nixos = repo_root().join("nixos");
     let expression = format!(
-        "let c = import {}/catalog.nix; r = import {}/rules.nix; in map (r.errors c) (builtins.fromJSON {})",
+        "let c = import {}/catalog.nix; r = import {}/rules.nix; in \
+         map (case: r.errors c (builtins.elemAt case 0) (builtins.elemAt case 1)) (builtins.fromJSON {})",
         nixos.display(),
         nixos.display(),
         nix_string(&serde_json::to_string(&cases).unwrap())
@@ -135,6 +151,12 @@ fn test_nix_rules_match_rust_validation() {
             .iter()
             .any(|e| e.iter().any(|l| l.contains("conflicts with"))),
         "cases must exercise conflicts"
+    );
+    assert!(
+        expected
+            .iter()
+            .any(|e| e.iter().any(|l| l.contains("risk tolerance"))),
+        "cases must exercise risk"
     );
     assert!(
         expected
@@ -178,12 +200,19 @@ fn test_generated_files_parse_and_evaluate_to_the_plan() {
         .map(|t| Selection {
             tier: Some(t.name.clone()),
             extra: Default::default(),
+            risk_tolerance: None,
         })
         .collect();
-    selections.extend(subsets(&catalog, 20).into_iter().map(|s| Selection {
-        tier: None,
-        extra: s.into_iter().collect(),
-    }));
+    selections.extend(
+        subsets(&catalog, 20)
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| Selection {
+                tier: None,
+                extra: s.into_iter().collect(),
+                risk_tolerance: (i % 2 == 0).then(|| "accepting".to_string()),
+            }),
+    );
     let mut settings = Settings::new();
     settings
         .entry("ai-security".into())
@@ -191,7 +220,14 @@ fn test_generated_files_parse_and_evaluate_to_the_plan() {
         .insert("sensitivity".into(), "quote\" ${not-antiquoted}".into());
     for (index, selection) in selections.iter().enumerate() {
         let resolution = resolve(&catalog, selection, None).unwrap();
-        let generated = generate(&catalog, &resolution.enabled, &resolution.tier, &settings);
+        let tolerance = resolution.selection.risk_tolerance.as_deref();
+        let generated = generate(
+            &catalog,
+            &resolution.enabled,
+            &resolution.tier,
+            &settings,
+            tolerance,
+        );
         let features = dir.path().join(format!("features-{index}.nix"));
         let tier = dir.path().join(format!("tier-{index}.nix"));
         std::fs::write(&features, &generated.features_nix).unwrap();
@@ -207,6 +243,11 @@ fn test_generated_files_parse_and_evaluate_to_the_plan() {
             ),
         ]);
         assert_eq!(value["enable"], true);
+        assert_eq!(
+            value["riskTolerance"],
+            serde_json::json!(tolerance),
+            "{selection:?}"
+        );
         assert_eq!(
             value["enabledFeatures"],
             serde_json::json!(resolution.enabled)
@@ -292,6 +333,7 @@ fn test_nix_module_defines_exactly_the_catalog_mapping_of_each_closure() {
         let selection = Selection {
             tier: None,
             extra: [feature.name.clone()].into(),
+            risk_tolerance: None,
         };
         let enabled = resolve(&catalog, &selection, None).unwrap().enabled;
         let module = eval_module(&enabled, "");
@@ -336,9 +378,30 @@ fn test_nix_module_asserts_the_resolver_rules() {
         .map(|s| s.to_string())
         .collect();
     let module = eval_module(&enabled, "");
-    let expected = validate_enabled(&catalog, &enabled);
+    let expected = validate_enabled(&catalog, &enabled, None);
     assert_eq!(expected, ["virt-manager needs libvirt", "desktop-kde conflicts with desktop-gnome (desktop environments are mutually exclusive)"]);
     assert_eq!(module["failedAssertions"], serde_json::json!(expected));
+}
+
+#[test]
+fn test_nix_module_asserts_risk_tolerance() {
+    if !have_nix() {
+        return;
+    }
+    let catalog = Catalog::builtin().unwrap();
+    let selection = Selection {
+        tier: None,
+        extra: ["gpu-passthrough".to_string()].into(),
+        risk_tolerance: None,
+    };
+    let enabled = resolve(&catalog, &selection, None).unwrap().enabled;
+    let module = eval_module(&enabled, "riskTolerance = \"balanced\";");
+    assert_eq!(
+        module["failedAssertions"],
+        serde_json::json!([
+            "gpu-passthrough is high risk; risk tolerance balanced allows up to moderate"
+        ])
+    );
 }
 
 #[test]

@@ -13,11 +13,21 @@ fn selection_strategy() -> impl Strategy<Value = Selection> {
     let catalog = catalog();
     let names: Vec<String> = catalog.features.iter().map(|f| f.name.clone()).collect();
     let tiers: Vec<String> = catalog.tiers.iter().map(|t| t.name.clone()).collect();
+    let tolerances: Vec<String> = catalog
+        .risk_tolerances
+        .iter()
+        .map(|t| t.name.clone())
+        .collect();
     (
         proptest::option::of(proptest::sample::select(tiers)),
         proptest::collection::btree_set(proptest::sample::select(names), 0..8),
+        proptest::option::of(proptest::sample::select(tolerances)),
     )
-        .prop_map(|(tier, extra)| Selection { tier, extra })
+        .prop_map(|(tier, extra, risk_tolerance)| Selection {
+            tier,
+            extra,
+            risk_tolerance,
+        })
 }
 
 proptest! {
@@ -49,7 +59,13 @@ proptest! {
             .filter(|(a, b)| catalog.conflict_between(a, b).is_some())
             .collect();
         // A conflict only appears when the user asked for both sides, and then it is an error.
-        prop_assert_eq!(conflicting_pairs.is_empty(), resolution.is_valid(), "{:?}", resolution.errors);
+        // Without a risk tolerance or host, conflicts are the only possible errors.
+        if selection.risk_tolerance.is_none() {
+            prop_assert_eq!(conflicting_pairs.is_empty(), resolution.is_valid(), "{:?}", resolution.errors);
+        }
+        if resolution.is_valid() {
+            prop_assert!(conflicting_pairs.is_empty());
+        }
         for (a, b) in conflicting_pairs {
             prop_assert!(resolution.requested.contains(a) && resolution.requested.contains(b));
             let line = format!("{a} conflicts with {b}");
@@ -61,11 +77,12 @@ proptest! {
     fn test_resolve_is_idempotent(selection in selection_strategy()) {
         let catalog = catalog();
         let first = resolve(&catalog, &selection, None).unwrap();
-        let again = Selection { tier: selection.tier.clone(), extra: first.enabled.iter().cloned().collect() };
+        let again = Selection { extra: first.enabled.iter().cloned().collect(), ..selection.clone() };
         let second = resolve(&catalog, &again, None).unwrap();
         prop_assert_eq!(&first.enabled, &second.enabled);
         prop_assert_eq!(first.ram_mb, second.ram_mb);
         prop_assert_eq!(&first.tier, &second.tier);
+        prop_assert_eq!(&first.errors, &second.errors);
         prop_assert!(second.added.is_empty(), "{:?}", second.added);
     }
 

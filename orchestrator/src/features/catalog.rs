@@ -123,6 +123,15 @@ pub struct RiskLevelInfo {
     pub meaning: String,
 }
 
+/// A named ceiling on risk (seed 001's `riskTolerance`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RiskTolerance {
+    pub name: String,
+    pub max_risk: Risk,
+    pub meaning: String,
+}
+
 /// The whole catalog, in file order (which is also the order every output uses).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -135,6 +144,7 @@ pub struct Catalog {
     pub host_requirements: Vec<HostRequirementInfo>,
     pub platform_limitations: Vec<PlatformLimitation>,
     pub risk_levels: Vec<RiskLevelInfo>,
+    pub risk_tolerances: Vec<RiskTolerance>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +187,10 @@ impl Catalog {
                 .collect(),
             None => self.feature(pattern).into_iter().collect(),
         }
+    }
+
+    pub fn risk_tolerance(&self, name: &str) -> Option<&RiskTolerance> {
+        self.risk_tolerances.iter().find(|t| t.name == name)
     }
 
     pub fn tier(&self, name: &str) -> Option<&Tier> {

@@ -91,6 +91,9 @@ pub struct ChangeArgs {
     /// Base tier: minimal, standard, enhanced, professional, enterprise.
     #[arg(long)]
     pub tier: Option<String>,
+    /// Refuse features riskier than this: paranoid, cautious, balanced, accepting (kept).
+    #[arg(long)]
+    pub risk_tolerance: Option<String>,
     /// A feature flag, `feature.flag=value` (repeatable).
     #[arg(long = "set", value_name = "FEATURE.FLAG=VALUE")]
     pub settings: Vec<String>,
@@ -202,6 +205,7 @@ pub fn rewrite_removals(
 fn parse_change(args: &ChangeArgs) -> Result<(Change, Vec<SettingChange>), CliError> {
     let mut change = Change {
         tier: args.tier.clone(),
+        risk_tolerance: args.risk_tolerance.clone(),
         ..Change::default()
     };
     for item in &args.changes {
@@ -527,6 +531,9 @@ pub fn render_plan(catalog: &Catalog, plan: &Plan) -> String {
         resolution.risk,
         resolution.risk_from.join(", ")
     ));
+    if let Some(tolerance) = &resolution.selection.risk_tolerance {
+        out.push_str(&format!("Risk tolerance: {tolerance}\n"));
+    }
     for (feature, flags) in &plan.settings {
         for (flag, value) in flags {
             out.push_str(&format!("Set:  {feature}.{flag} = {value}\n"));
@@ -571,6 +578,7 @@ mod tests {
         ChangeArgs {
             changes: items.iter().map(|s| s.to_string()).collect(),
             tier: None,
+            risk_tolerance: None,
             settings: Vec::new(),
             removals: Vec::new(),
         }

@@ -133,6 +133,7 @@ impl Manager {
             &resolution.enabled,
             &resolution.tier,
             &plan.settings,
+            resolution.selection.risk_tolerance.as_deref(),
         )
     }
 
@@ -227,8 +228,13 @@ impl Manager {
 
     pub fn status(&self) -> Result<Status, ManagerError> {
         let state = self.states.load(&self.catalog)?;
-        let generated =
-            nixgen::generate(&self.catalog, &state.enabled, &state.tier, &state.settings);
+        let generated = nixgen::generate(
+            &self.catalog,
+            &state.enabled,
+            &state.tier,
+            &state.settings,
+            state.selection.risk_tolerance.as_deref(),
+        );
         let mut drifted_files = Vec::new();
         if self.states.features_file().exists() {
             for (path, text) in self

@@ -44,9 +44,13 @@ pub fn generate(
     enabled: &[String],
     tier: &str,
     settings: &Settings,
+    risk_tolerance: Option<&str>,
 ) -> GeneratedConfig {
     let mut features = String::from(HEADER);
     features.push_str("{ ... }:\n{\n  hypervisor.featureManager = {\n    enable = true;\n");
+    if let Some(tolerance) = risk_tolerance {
+        features.push_str(&format!("    riskTolerance = {};\n", nix_string(tolerance)));
+    }
     features.push_str("    enabledFeatures = [\n");
     for name in enabled {
         features.push_str(&format!("      {}\n", nix_string(name)));
@@ -173,7 +177,7 @@ mod tests {
             .entry("monitoring".into())
             .or_default()
             .insert("retention".into(), serde_json::json!(90));
-        let generated = generate(&catalog, &enabled, "enhanced", &settings);
+        let generated = generate(&catalog, &enabled, "enhanced", &settings, None);
         let expected = format!(
             "{HEADER}{{ ... }}:
 {{
@@ -201,6 +205,21 @@ mod tests {
             generated.tier_nix,
             format!("{HEADER}{{ ... }}:\n{{\n  hypervisor.systemTier = \"enhanced\";\n}}\n")
         );
+    }
+
+    #[test]
+    fn test_generate_writes_risk_tolerance_when_set() {
+        let catalog = Catalog::builtin().unwrap();
+        let generated = generate(
+            &catalog,
+            &["core".to_string()],
+            "minimal",
+            &Settings::new(),
+            Some("cautious"),
+        );
+        assert!(generated
+            .features_nix
+            .contains("    enable = true;\n    riskTolerance = \"cautious\";\n"));
     }
 
     #[test]

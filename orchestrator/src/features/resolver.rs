@@ -17,6 +17,9 @@ use crate::host::HostFacts;
 pub struct Selection {
     pub tier: Option<String>,
     pub extra: BTreeSet<String>,
+    /// Seed 001's `riskTolerance`: features above its ceiling are refused.
+    #[serde(default)]
+    pub risk_tolerance: Option<String>,
 }
 
 /// A change to a selection, as typed on the command line (`+feat -feat --tier T`).
@@ -25,6 +28,7 @@ pub struct Change {
     pub add: Vec<String>,
     pub remove: Vec<String>,
     pub tier: Option<String>,
+    pub risk_tolerance: Option<String>,
 }
 
 /// A feature the resolver enabled although nobody asked for it.
@@ -76,6 +80,14 @@ pub enum ResolveError {
         name: String,
         suggestion: Option<String>,
     },
+    #[error(
+        "unknown risk tolerance `{name}`{} (paranoid, cautious, balanced, accepting)",
+        did_you_mean(suggestion)
+    )]
+    UnknownRiskTolerance {
+        name: String,
+        suggestion: Option<String>,
+    },
 }
 
 fn did_you_mean(suggestion: &Option<String>) -> String {
@@ -95,6 +107,9 @@ pub fn resolve_change(
     let mut selection = current.clone();
     if let Some(tier) = &change.tier {
         selection.tier = Some(tier.clone());
+    }
+    if let Some(tolerance) = &change.risk_tolerance {
+        selection.risk_tolerance = Some(tolerance.clone());
     }
     for name in &change.add {
         check_name(catalog, name)?;
@@ -185,6 +200,11 @@ pub fn resolve(
 
     let enabled = in_catalog_order(catalog, &enabled);
     let mut errors = conflicts(catalog, &enabled);
+    errors.extend(risk_errors(
+        catalog,
+        &enabled,
+        selection.risk_tolerance.as_deref(),
+    )?);
     let mut warnings = limitations(catalog, &enabled);
     let ram_mb = enabled
         .iter()
@@ -288,7 +308,11 @@ fn in_catalog_order_by<T>(
 /// Checks a hand-written list of enabled features (what `nixos/module.nix` receives): every
 /// dependency present and no conflict. `nixos/rules.nix` produces the same lines for the
 /// module's assertions; a test keeps the two identical.
-pub fn validate_enabled(catalog: &Catalog, enabled: &[String]) -> Vec<String> {
+pub fn validate_enabled(
+    catalog: &Catalog,
+    enabled: &[String],
+    risk_tolerance: Option<&str>,
+) -> Vec<String> {
     let enabled: BTreeSet<String> = enabled.iter().cloned().collect();
     let ordered = in_catalog_order(catalog, &enabled);
     let mut errors = Vec::new();
@@ -307,7 +331,41 @@ pub fn validate_enabled(catalog: &Catalog, enabled: &[String]) -> Vec<String> {
         }
     }
     errors.extend(conflicts(catalog, &ordered));
+    // An unknown tolerance cannot reach here from the module (its option is an enum).
+    errors.extend(risk_errors(catalog, &ordered, risk_tolerance).unwrap_or_default());
     errors
+}
+
+/// One line per enabled feature riskier than the tolerance allows.
+fn risk_errors(
+    catalog: &Catalog,
+    enabled: &[String],
+    tolerance: Option<&str>,
+) -> Result<Vec<String>, ResolveError> {
+    let Some(name) = tolerance else {
+        return Ok(Vec::new());
+    };
+    let tolerance =
+        catalog
+            .risk_tolerance(name)
+            .ok_or_else(|| ResolveError::UnknownRiskTolerance {
+                name: name.to_string(),
+                suggestion: nearest(
+                    name,
+                    catalog.risk_tolerances.iter().map(|t| t.name.as_str()),
+                ),
+            })?;
+    Ok(enabled
+        .iter()
+        .filter_map(|n| catalog.feature(n))
+        .filter(|f| f.risk > tolerance.max_risk)
+        .map(|f| {
+            format!(
+                "{} is {} risk; risk tolerance {} allows up to {}",
+                f.name, f.risk, tolerance.name, tolerance.max_risk
+            )
+        })
+        .collect())
 }
 
 /// One line per conflicting pair, in catalog order (`desktop-kde conflicts with desktop-gnome`).
@@ -442,6 +500,7 @@ mod tests {
         Selection {
             tier: None,
             extra: names.iter().map(|s| s.to_string()).collect(),
+            risk_tolerance: None,
         }
     }
 
@@ -529,6 +588,7 @@ mod tests {
         let selection = Selection {
             tier: Some("minimal".into()),
             extra: ["clustering".to_string()].into(),
+            risk_tolerance: None,
         };
         let resolution = resolve(&catalog(), &selection, None).unwrap();
         assert_eq!(resolution.tier, "enterprise");
@@ -550,7 +610,7 @@ mod tests {
         .map(|s| s.to_string())
         .collect();
         assert_eq!(
-            validate_enabled(&catalog(), &enabled),
+            validate_enabled(&catalog(), &enabled, None),
             [
                 "desktop-kde needs core",
                 "desktop-gnome needs core",
@@ -561,10 +621,27 @@ mod tests {
     }
 
     #[test]
+    fn test_resolve_risk_tolerance_refuses_riskier_features() {
+        let mut selection = select(&["gpu-passthrough", "web-dashboard"]);
+        selection.risk_tolerance = Some("cautious".into());
+        let resolution = resolve(&catalog(), &selection, None).unwrap();
+        assert_eq!(
+            resolution.errors,
+            ["gpu-passthrough is high risk; risk tolerance cautious allows up to moderate"]
+        );
+        selection.risk_tolerance = Some("accepting".into());
+        assert!(resolve(&catalog(), &selection, None).unwrap().is_valid());
+        selection.risk_tolerance = Some("paranoyd".into());
+        let err = resolve(&catalog(), &selection, None).unwrap_err();
+        assert!(err.to_string().contains("did you mean `paranoid`"), "{err}");
+    }
+
+    #[test]
     fn test_resolve_unknown_tier_suggests_nearest() {
         let selection = Selection {
             tier: Some("standrd".into()),
             extra: BTreeSet::new(),
+            risk_tolerance: None,
         };
         let err = resolve(&catalog(), &selection, None).unwrap_err();
         assert!(err.to_string().contains("did you mean `standard`"), "{err}");
