@@ -96,7 +96,8 @@ in
   config = lib.mkMerge ([
     (lib.mkIf fm.enable {
       assertions = map (message: { assertion = false; inherit message; })
-        (rules.errors catalog fm.enabledFeatures fm.riskTolerance);
+        (rules.errors catalog fm.enabledFeatures fm.riskTolerance
+          ++ rules.flagErrors catalog fm.enabledFeatures fm.settings fm.riskTolerance);
 
       environment.systemPackages = lib.optional (cfg.package != null) cfg.package;
       environment.variables.HV_STATE_DIR = fm.stateDir;

@@ -46,8 +46,23 @@ let
       tooRisky = filter (f: elem f.name enabled && riskRank.${f.risk} > riskRank.${limit.max_risk}) catalog.features;
     in
     map (f: "${f.name} is ${f.risk} risk; risk tolerance ${limit.name} allows up to ${limit.max_risk}") tooRisky;
+  # Flags that raise their feature's risk when true (threat-detection.automated-response).
+  flagErrors = catalog: enabled: settings: tolerance:
+    if tolerance == null then [ ] else
+    let
+      limit = elemAt (filter (t: t.name == tolerance) catalog.risk_tolerances) 0;
+      risky = f: flag: (flag.risk_when_true or null) != null
+        && ((settings.${f.name} or { }).${flag.name} or flag.default) == true
+        && riskRank.${flag.risk_when_true} > riskRank.${limit.max_risk};
+    in
+    concatLists (map
+      (f: map (flag: "${f.name}.${flag.name} = true is ${flag.risk_when_true} risk; risk tolerance ${limit.name} allows up to ${limit.max_risk}")
+        (filter (risky f) f.flags))
+      (filter (f: elem f.name enabled) catalog.features));
 in
 {
+  inherit flagErrors;
+
   errors = catalog: enabled: tolerance:
     missing catalog enabled ++ conflicts catalog enabled ++ riskErrors catalog enabled tolerance;
 }

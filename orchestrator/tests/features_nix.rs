@@ -9,7 +9,9 @@ use std::process::Command;
 
 use hv_orchestrator::features::nixgen::{effective_settings, generate, nix_string};
 use hv_orchestrator::features::state::Settings;
-use hv_orchestrator::features::{resolve, validate_enabled, Catalog, Selection};
+use hv_orchestrator::features::{
+    make_plan, resolve, validate_enabled, Catalog, Change, FeatureState, Selection, SettingChange,
+};
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -402,6 +404,32 @@ fn test_nix_module_asserts_risk_tolerance() {
             "gpu-passthrough is high risk; risk tolerance balanced allows up to moderate"
         ])
     );
+}
+
+#[test]
+fn test_nix_module_asserts_risky_flags_like_the_planner() {
+    if !have_nix() {
+        return;
+    }
+    let catalog = Catalog::builtin().unwrap();
+    let change = Change {
+        add: vec!["threat-detection".into()],
+        risk_tolerance: Some("cautious".into()),
+        ..Change::default()
+    };
+    let sets = [SettingChange::parse("threat-detection.automated-response=true").unwrap()];
+    let plan = make_plan(&catalog, &FeatureState::default(), &change, &sets, None).unwrap();
+    assert_eq!(plan.resolution.errors.len(), 1);
+    let module = eval_module(
+        &plan.resolution.enabled,
+        "riskTolerance = \"cautious\"; settings.threat-detection.automated-response = true;",
+    );
+    assert_eq!(
+        module["failedAssertions"],
+        serde_json::json!(plan.resolution.errors)
+    );
+    let module = eval_module(&plan.resolution.enabled, "riskTolerance = \"cautious\";");
+    assert_eq!(module["failedAssertions"], serde_json::json!([]));
 }
 
 #[test]

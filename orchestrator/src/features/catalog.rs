@@ -50,6 +50,10 @@ pub struct Flag {
     pub name: String,
     pub description: String,
     pub default: serde_json::Value,
+    /// Setting this boolean flag to `true` makes the feature this risky (seed 001: "Automated
+    /// Response" is high risk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub risk_when_true: Option<Risk>,
 }
 
 /// One feature of the catalog.

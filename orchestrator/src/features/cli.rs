@@ -201,6 +201,20 @@ pub fn rewrite_removals(
         .collect()
 }
 
+/// The change arguments as the user would retype them for `apply`.
+fn change_line(args: &ChangeArgs) -> String {
+    let mut parts: Vec<String> = args.changes.clone();
+    parts.extend(args.removals.iter().map(|r| format!("-{r}")));
+    parts.extend(args.tier.iter().map(|t| format!("--tier {t}")));
+    parts.extend(
+        args.risk_tolerance
+            .iter()
+            .map(|t| format!("--risk-tolerance {t}")),
+    );
+    parts.extend(args.settings.iter().map(|s| format!("--set {s}")));
+    parts.join(" ")
+}
+
 /// `+a -b c` -> a change; bare names enable.
 fn parse_change(args: &ChangeArgs) -> Result<(Change, Vec<SettingChange>), CliError> {
     let mut change = Change {
@@ -243,7 +257,7 @@ fn plan(catalog: Catalog, globals: &Globals, args: &ChangeArgs) -> Result<(), Cl
         if plan.resolution.is_valid() && plan.has_changes {
             println!(
                 "\nRun `hv features apply {}` to apply it.",
-                args.changes.join(" ")
+                change_line(args)
             );
         }
     }

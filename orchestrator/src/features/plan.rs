@@ -89,8 +89,9 @@ pub fn make_plan(
     sets: &[SettingChange],
     host: Option<&HostFacts>,
 ) -> Result<Plan, PlanError> {
-    let resolution = resolve_change(catalog, &current.selection, change, host)?;
+    let mut resolution = resolve_change(catalog, &current.selection, change, host)?;
     let settings = apply_settings(catalog, &resolution, &current.settings, sets)?;
+    apply_flag_risks(catalog, &mut resolution, &settings);
     let to_enable: Vec<String> = resolution
         .enabled
         .iter()
@@ -117,6 +118,44 @@ pub fn make_plan(
         has_changes,
         resolution,
     })
+}
+
+/// Flags such as `threat-detection.automated-response = true` raise the risk of their feature;
+/// the plan's risk and the risk-tolerance check follow.
+fn apply_flag_risks(catalog: &Catalog, resolution: &mut Resolution, settings: &Settings) {
+    let limit = resolution
+        .selection
+        .risk_tolerance
+        .as_deref()
+        .and_then(|t| catalog.risk_tolerance(t))
+        .map(|t| (t.name.clone(), t.max_risk));
+    for (feature, flags) in settings {
+        let Some(entry) = catalog.feature(feature) else {
+            continue;
+        };
+        for flag in &entry.flags {
+            let (Some(risk), Some(serde_json::Value::Bool(true))) =
+                (flag.risk_when_true, flags.get(&flag.name))
+            else {
+                continue;
+            };
+            let label = format!("{feature}.{}", flag.name);
+            if risk > resolution.risk {
+                resolution.risk = risk;
+                resolution.risk_from.clear();
+            }
+            if risk == resolution.risk {
+                resolution.risk_from.push(label.clone());
+            }
+            if let Some((name, max)) = &limit {
+                if risk > *max {
+                    resolution.errors.push(format!(
+                        "{label} = true is {risk} risk; risk tolerance {name} allows up to {max}"
+                    ));
+                }
+            }
+        }
+    }
 }
 
 /// Merges `--set` values into the stored overrides. Values are typed by the flag's default;
@@ -237,6 +276,30 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "monitoring.retention must be a non-negative integer, got `lots`"
+        );
+    }
+
+    #[test]
+    fn test_make_plan_automated_response_is_high_risk() {
+        let plan = plan(
+            add(&["threat-detection"]),
+            &["threat-detection.automated-response=true"],
+        )
+        .unwrap();
+        assert_eq!(plan.resolution.risk, crate::features::Risk::High);
+        assert_eq!(
+            plan.resolution.risk_from,
+            ["threat-detection.automated-response"]
+        );
+        let change = Change {
+            risk_tolerance: Some("balanced".into()),
+            ..add(&["threat-detection"])
+        };
+        let plan =
+            super::tests::plan(change, &["threat-detection.automated-response=true"]).unwrap();
+        assert_eq!(
+            plan.resolution.errors,
+            ["threat-detection.automated-response = true is high risk; risk tolerance balanced allows up to moderate"]
         );
     }
 
