@@ -141,14 +141,20 @@ fn test_resolve_enterprise_tier_on_laptop_reports_ram() {
 }
 
 #[test]
-fn test_resolve_qemu_kvm_without_vmx_is_refused() {
+fn test_resolve_qemu_kvm_without_kvm_is_refused() {
     let catalog = Catalog::builtin().unwrap();
     let mut facts = fixture("laptop");
-    facts.cpu.virtualization = None;
+    facts.kvm.device_present = false;
     facts.kvm.usable = false;
     let resolution = resolve(&catalog, &select(&["qemu-kvm"]), Some(&facts)).unwrap();
     assert_eq!(
         resolution.errors,
-        ["qemu-kvm: KVM acceleration needs Intel VT-x or AMD-V (no vmx/svm flag in /proc/cpuinfo)"]
+        ["qemu-kvm: KVM acceleration unavailable (/dev/kvm missing: is the kvm module loaded?)"]
+    );
+    facts.cpu.virtualization = None;
+    let resolution = resolve(&catalog, &select(&["qemu-kvm"]), Some(&facts)).unwrap();
+    assert_eq!(
+        resolution.errors,
+        ["qemu-kvm: KVM acceleration unavailable: no /dev/kvm and no vmx/svm CPU flag (enable Intel VT-x or AMD-V in the firmware)"]
     );
 }

@@ -435,7 +435,7 @@ fn host_problem(requirement: HostRequirement, host: &HostFacts, feature: &str) -
     match requirement {
         HostRequirement::Kvm if !host.kvm.usable => Some(
             if host.arch == "x86_64" && host.cpu.virtualization.is_none() {
-                "KVM acceleration needs Intel VT-x or AMD-V (no vmx/svm flag in /proc/cpuinfo)"
+                "KVM acceleration unavailable: no /dev/kvm and no vmx/svm CPU flag (enable Intel VT-x or AMD-V in the firmware)"
                     .to_string()
             } else {
                 "KVM acceleration unavailable (/dev/kvm missing: is the kvm module loaded?)"

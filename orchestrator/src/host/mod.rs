@@ -36,7 +36,7 @@ pub enum HostError {
 pub struct KvmInfo {
     /// `/dev/kvm` exists.
     pub device_present: bool,
-    /// Hardware support (x86: vmx/svm flag; ARM64: the kernel exposes /dev/kvm) and the device.
+    /// The kernel offers KVM (`/dev/kvm`), whatever the CPU flags say.
     pub usable: bool,
     /// `nested` parameter of kvm_intel / kvm_amd, when the module is loaded.
     pub nested: Option<bool>,
@@ -66,7 +66,7 @@ impl HostFacts {
 pub fn detect(root: &Path) -> Result<HostFacts, HostError> {
     let cpu = cpu::detect(root)?;
     let arch = detect_arch(root, &cpu);
-    let kvm = detect_kvm(root, &arch, &cpu);
+    let kvm = detect_kvm(root);
     let (pci_devices, iommu) = pci::detect(root)?;
     Ok(HostFacts {
         arch,
@@ -92,12 +92,11 @@ fn detect_arch(root: &Path, cpu: &CpuInfo) -> String {
     .to_string()
 }
 
-fn detect_kvm(root: &Path, arch: &str, cpu: &CpuInfo) -> KvmInfo {
+/// KVM is usable when the kernel offers `/dev/kvm`. The CPU flag alone does not decide: a
+/// nested host can run KVM without showing `vmx`/`svm` (this project's own CI machines use
+/// `kvm_pvm`), and a CPU with the flag has no KVM until the module is loaded.
+fn detect_kvm(root: &Path) -> KvmInfo {
     let device_present = root.join("dev/kvm").exists();
-    let hardware = match arch {
-        "x86_64" => cpu.virtualization.is_some(),
-        _ => device_present,
-    };
     let nested = ["kvm_intel", "kvm_amd"].iter().find_map(|module| {
         let path = root.join(format!("sys/module/{module}/parameters/nested"));
         let value = read_trimmed(&path).ok().flatten()?;
@@ -105,7 +104,7 @@ fn detect_kvm(root: &Path, arch: &str, cpu: &CpuInfo) -> KvmInfo {
     });
     KvmInfo {
         device_present,
-        usable: device_present && hardware,
+        usable: device_present,
         nested,
     }
 }
@@ -235,6 +234,25 @@ mod tests {
         let facts = detect(Path::new("/")).unwrap();
         assert!(facts.cpu.logical_cpus >= 1);
         assert!(facts.memory.total_mb > 0);
+    }
+
+    #[test]
+    fn test_detect_kvm_without_cpu_flag_but_with_device_is_usable() {
+        let root = tempfile::tempdir().unwrap();
+        fs::create_dir_all(root.path().join("proc")).unwrap();
+        fs::create_dir_all(root.path().join("dev")).unwrap();
+        fs::write(
+            root.path().join("proc/cpuinfo"),
+            "processor\t: 0\nflags\t\t: fpu sse\n",
+        )
+        .unwrap();
+        fs::write(root.path().join("proc/meminfo"), "MemTotal: 1048576 kB\n").unwrap();
+        fs::write(root.path().join("dev/kvm"), "").unwrap();
+        let facts = detect(root.path()).unwrap();
+        assert_eq!(facts.cpu.virtualization, None);
+        assert!(facts.kvm.usable);
+        fs::remove_file(root.path().join("dev/kvm")).unwrap();
+        assert!(!detect(root.path()).unwrap().kvm.usable);
     }
 
     #[test]
