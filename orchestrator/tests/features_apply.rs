@@ -349,4 +349,12 @@ fn test_detect_json_on_fixture() {
     assert_eq!(facts["memory"]["total_mb"], 131072);
     let text = stdout(&sandbox.hv(&["detect"]));
     assert!(text.contains("GPU 0000:17:00.0 NVIDIA"), "{text}");
+    assert!(
+        text.contains("ECC memory:   yes (2 memory controllers)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  eno1 NIC 3c:fd:fe:aa:bb:01 up, 10000 Mbit/s"),
+        "{text}"
+    );
 }

@@ -39,6 +39,13 @@ fn test_detect_laptop() {
     );
     let disks: Vec<_> = facts.disks.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(disks, ["nvme0n1"]);
+    assert_eq!(facts.ecc_memory_controllers, None);
+    let interfaces: Vec<_> = facts
+        .network_interfaces
+        .iter()
+        .map(|i| (i.name.as_str(), i.physical, i.speed_mbps))
+        .collect();
+    assert_eq!(interfaces, [("wlp0s20f3", true, None)]);
 }
 
 #[test]
@@ -64,6 +71,28 @@ fn test_detect_server_with_iommu_and_two_gpus() {
         ]
     );
     assert_eq!(facts.kvm.nested, Some(true));
+    assert_eq!(facts.ecc_memory_controllers, Some(2));
+    let interfaces: Vec<_> = facts
+        .network_interfaces
+        .iter()
+        .map(|i| {
+            (
+                i.name.as_str(),
+                i.state.as_str(),
+                i.bridge,
+                i.speed_mbps,
+                i.mtu,
+            )
+        })
+        .collect();
+    assert_eq!(
+        interfaces,
+        [
+            ("br0", "up", true, None, 9000),
+            ("eno1", "up", false, Some(10000), 9000),
+            ("eno2", "down", false, None, 1500)
+        ]
+    );
     let hdd = facts.disks.iter().find(|d| d.name == "sda").unwrap();
     assert!(hdd.rotational);
     assert_eq!(hdd.size_bytes, 7_814_037_168 * 512);

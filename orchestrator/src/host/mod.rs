@@ -5,6 +5,7 @@
 
 mod cpu;
 mod memory;
+mod net;
 mod pci;
 mod storage;
 
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use cpu::CpuInfo;
 pub use memory::MemoryInfo;
+pub use net::NetInterface;
 pub use pci::{IommuInfo, PciDevice};
 pub use storage::Disk;
 
@@ -50,9 +52,12 @@ pub struct HostFacts {
     pub cpu: CpuInfo,
     pub kvm: KvmInfo,
     pub memory: MemoryInfo,
+    /// Memory controllers with EDAC (ECC); `None` = the kernel exposes none, so unknown.
+    pub ecc_memory_controllers: Option<u32>,
     pub iommu: IommuInfo,
     pub pci_devices: Vec<PciDevice>,
     pub disks: Vec<Disk>,
+    pub network_interfaces: Vec<NetInterface>,
 }
 
 impl HostFacts {
@@ -73,9 +78,11 @@ pub fn detect(root: &Path) -> Result<HostFacts, HostError> {
         cpu,
         kvm,
         memory: memory::detect(root)?,
+        ecc_memory_controllers: net::detect_ecc_controllers(root)?,
         iommu,
         pci_devices,
         disks: storage::detect(root)?,
+        network_interfaces: net::detect_interfaces(root)?,
     })
 }
 
@@ -187,6 +194,11 @@ pub fn render_text(facts: &HostFacts) -> String {
         mem.hugepages_total,
         mem.hugepage_size_kb
     ));
+    let ecc = match facts.ecc_memory_controllers {
+        Some(n) => format!("yes ({n} memory controllers)"),
+        None => "unknown (no EDAC in sysfs)".to_string(),
+    };
+    out.push_str(&format!("ECC memory:   {ecc}\n"));
     let iommu = if facts.iommu.enabled {
         "enabled"
     } else {
@@ -209,6 +221,25 @@ pub fn render_text(facts: &HostFacts) -> String {
         out.push_str(&format!(
             "  GPU {} {} [{}:{}]{group}\n",
             gpu.address, gpu.vendor_name, gpu.vendor_id, gpu.device_id
+        ));
+    }
+    out.push_str(&format!(
+        "Network:      {} interfaces\n",
+        facts.network_interfaces.len()
+    ));
+    for interface in &facts.network_interfaces {
+        let kind = match (interface.bridge, interface.physical) {
+            (true, _) => "bridge",
+            (false, true) => "NIC",
+            (false, false) => "virtual",
+        };
+        let speed = interface
+            .speed_mbps
+            .map(|s| format!(", {s} Mbit/s"))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "  {} {kind} {} {}{speed}\n",
+            interface.name, interface.mac, interface.state
         ));
     }
     out.push_str(&format!("Disks:        {}\n", facts.disks.len()));
