@@ -216,6 +216,36 @@ fn test_features_failed_apply_rolls_back_automatically() {
 }
 
 #[test]
+fn test_features_unreadable_config_file_stops_before_any_change() {
+    let sandbox = Sandbox::new();
+    assert_ok(&sandbox.hv(&["features", "apply", "+monitoring"]));
+    let before = fs::read_to_string(sandbox.features_nix()).unwrap();
+    // A directory where the tier file goes: it cannot be backed up, so nothing may change.
+    let tier = sandbox.etc().join("hypervisor-tier.nix");
+    fs::remove_file(&tier).unwrap();
+    fs::create_dir_all(tier.join("in-the-way")).unwrap();
+    let output = sandbox.hv(&["features", "apply", "+web-dashboard"]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("hypervisor-tier.nix"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(fs::read_to_string(sandbox.features_nix()).unwrap(), before);
+    let status: serde_json::Value =
+        serde_json::from_str(&stdout(&sandbox.hv(&["features", "status", "--json"]))).unwrap();
+    assert_eq!(
+        status["state"]["enabled"],
+        serde_json::json!(["core", "monitoring"])
+    );
+    assert_eq!(
+        status["backups"].as_array().unwrap().len(),
+        1,
+        "the failed apply leaves no backup behind"
+    );
+}
+
+#[test]
 fn test_features_unparseable_generated_file_is_never_applied() {
     let sandbox = Sandbox::new();
     let applied = sandbox.dir.path().join("applied");

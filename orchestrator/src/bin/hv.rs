@@ -33,6 +33,7 @@ enum Command {
         command: FeaturesCommand,
     },
     /// Compute units (`hv compute <args...>` is handed to the compute CLI unparsed).
+    #[command(disable_help_flag = true)]
     Compute {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -47,8 +48,13 @@ fn main() -> ExitCode {
         Command::Compute { args } => {
             // TODO(lead): once the compute branch is merged, replace this arm with
             // `hv_orchestrator::compute::cli::run(args.clone())` and map its result.
-            let _ = args;
-            eprintln!("error: `hv compute` is not part of this build yet (compute CLI not merged)");
+            // Everything after the first compute word arrives raw in `args` (`--help` too);
+            // hv's global options written *before* it (`hv compute --json ...`) are parsed
+            // into `cli.globals`, so forward `--json` / `--state-dir` from there if needed.
+            eprintln!(
+                "error: `hv compute {}` is not part of this build yet (compute CLI not merged)",
+                args.join(" ")
+            );
             return ExitCode::from(2);
         }
     };

@@ -163,7 +163,15 @@ impl Manager {
         }
         self.check_staged(&generated)?;
         let backup = self.backup()?;
-        self.write_config(&generated)?;
+        if let Err(err) = self.write_config(&generated) {
+            // Nothing was activated yet: putting the old files back is the whole rollback.
+            if self.restore(&backup).is_ok() {
+                let _ = fs::remove_dir_all(self.states.backups_dir().join(&backup));
+            }
+            self.states
+                .log(&format!("writing the generated files FAILED: {err}"));
+            return Err(err);
+        }
         if let Err(outcome) = self.run_apply_command() {
             let rollback = self.restore_after_failure(&backup);
             self.states
