@@ -455,3 +455,66 @@ impl Manager {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manager(dir: &Path) -> Manager {
+        Manager {
+            catalog: Catalog::builtin().unwrap(),
+            states: StateDir::new(dir.join("state")),
+            config_dir: dir.join("etc"),
+            apply_command: "true".into(),
+            // The parse check is covered by tests/features_nix.rs; here it must not matter.
+            nix_instantiate: "true".into(),
+        }
+    }
+
+    fn add(name: &str) -> Change {
+        Change {
+            add: vec![name.into()],
+            ..Change::default()
+        }
+    }
+
+    #[test]
+    fn test_apply_failed_write_restores_previous_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let manager = manager(dir.path());
+        manager.apply(&add("monitoring"), &[], None).unwrap();
+        let [features, _] = manager.config_files();
+        let before = fs::read_to_string(&features).unwrap();
+        // The tier file's temporary name is taken by a directory: the features file is
+        // replaced first, then the tier write fails.
+        let blocker = manager
+            .config_dir
+            .join(format!(".{TIER_FILE}.tmp-{}", std::process::id()));
+        fs::create_dir_all(&blocker).unwrap();
+        let err = manager.apply(&add("web-dashboard"), &[], None).unwrap_err();
+        assert!(
+            matches!(err, ManagerError::State(StateError::Io { .. })),
+            "{err}"
+        );
+        assert_eq!(fs::read_to_string(&features).unwrap(), before);
+        // The blocker also stops the tier file's restore, so that backup is kept for `rollback`.
+        assert_eq!(manager.backups().unwrap().len(), 2);
+        let state = manager.states.load(&manager.catalog).unwrap();
+        assert_eq!(state.enabled, ["core", "monitoring"]);
+    }
+
+    #[test]
+    fn test_apply_without_changes_is_a_no_op() {
+        let dir = tempfile::tempdir().unwrap();
+        let manager = manager(dir.path());
+        assert!(
+            manager
+                .apply(&add("monitoring"), &[], None)
+                .unwrap()
+                .applied
+        );
+        let again = manager.apply(&Change::default(), &[], None).unwrap();
+        assert!(!again.applied);
+        assert_eq!(manager.backups().unwrap().len(), 1);
+    }
+}
