@@ -45,6 +45,7 @@ impl Sandbox {
             .env("HV_CONFIG_DIR", self.etc())
             .env("HV_HOST_ROOT", host)
             .env("HV_APPLY_COMMAND", apply_command)
+            .env("HV_TEST_COMMAND", "true")
             .env("HV_NIX_INSTANTIATE", nix_instantiate())
             .output()
             .unwrap()
@@ -246,6 +247,29 @@ fn test_features_unreadable_config_file_stops_before_any_change() {
 }
 
 #[test]
+fn test_features_failing_test_command_keeps_old_files() {
+    let sandbox = Sandbox::new();
+    assert_ok(&sandbox.hv(&["features", "apply", "+monitoring"]));
+    let before = fs::read_to_string(sandbox.features_nix()).unwrap();
+    let output = sandbox.hv(&[
+        "features",
+        "apply",
+        "+web-dashboard",
+        "--test-command",
+        "exit 3",
+    ]);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("`exit 3` (the test before applying) failed"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(fs::read_to_string(sandbox.features_nix()).unwrap(), before);
+    // An empty test command skips the test phase.
+    assert_ok(&sandbox.hv(&["features", "apply", "+web-dashboard", "--test-command", ""]));
+}
+
+#[test]
 fn test_features_unparseable_generated_file_is_never_applied() {
     let sandbox = Sandbox::new();
     let applied = sandbox.dir.path().join("applied");
@@ -259,6 +283,7 @@ fn test_features_unparseable_generated_file_is_never_applied() {
         )
         .env("HV_APPLY_COMMAND", format!("touch {}", applied.display()))
         .env("HV_NIX_INSTANTIATE", "false")
+        .env("HV_TEST_COMMAND", "true")
         .output()
         .unwrap();
     assert!(!output.status.success());

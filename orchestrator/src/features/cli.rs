@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::catalog::{Catalog, CatalogError, Feature};
 use super::manager::{
     ApplyReport, Manager, ManagerError, RollbackReport, Status, DEFAULT_APPLY_COMMAND,
+    DEFAULT_TEST_COMMAND,
 };
 use super::plan::{Plan, PlanError, SettingChange};
 use super::resolver::Change;
@@ -104,6 +105,9 @@ pub struct ApplyCommandArgs {
     /// Command that activates the configuration (run with `sh -c`).
     #[arg(long, env = "HV_APPLY_COMMAND", default_value = DEFAULT_APPLY_COMMAND)]
     pub apply_command: String,
+    /// Command run on the new files before applying them; empty to skip.
+    #[arg(long, env = "HV_TEST_COMMAND", default_value = DEFAULT_TEST_COMMAND)]
+    pub test_command: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,10 +134,8 @@ pub fn run_features(command: &FeaturesCommand, globals: &Globals) -> Result<(), 
         FeaturesCommand::List { category } => list(&catalog, globals, category.as_deref()),
         FeaturesCommand::Show { name } => show(&catalog, globals, name),
         FeaturesCommand::Plan(change) => plan(catalog, globals, change),
-        FeaturesCommand::Apply { change, command } => {
-            apply(catalog, globals, change, &command.apply_command)
-        }
-        FeaturesCommand::Rollback { command } => rollback(catalog, globals, &command.apply_command),
+        FeaturesCommand::Apply { change, command } => apply(catalog, globals, change, command),
+        FeaturesCommand::Rollback { command } => rollback(catalog, globals, command),
         FeaturesCommand::Status => status(catalog, globals),
         FeaturesCommand::Harden => {
             StateDir::new(&globals.state_dir)
@@ -163,12 +165,17 @@ fn print_json<T: Serialize>(value: &T) {
     );
 }
 
-fn manager(catalog: Catalog, globals: &Globals, apply_command: &str) -> Manager {
+fn manager(catalog: Catalog, globals: &Globals, commands: Option<&ApplyCommandArgs>) -> Manager {
     Manager {
         catalog,
         states: StateDir::new(&globals.state_dir),
         config_dir: globals.config_dir.clone(),
-        apply_command: apply_command.to_string(),
+        apply_command: commands
+            .map_or(DEFAULT_APPLY_COMMAND, |c| &c.apply_command)
+            .to_string(),
+        test_command: commands
+            .map_or(DEFAULT_TEST_COMMAND, |c| &c.test_command)
+            .to_string(),
         nix_instantiate: globals.nix_instantiate.clone(),
     }
 }
@@ -248,7 +255,7 @@ fn detect(globals: &Globals) -> Result<HostFacts, CliError> {
 fn plan(catalog: Catalog, globals: &Globals, args: &ChangeArgs) -> Result<(), CliError> {
     let (change, settings) = parse_change(args)?;
     let facts = detect(globals)?;
-    let manager = manager(catalog, globals, DEFAULT_APPLY_COMMAND);
+    let manager = manager(catalog, globals, None);
     let plan = manager.plan(&change, &settings, Some(&facts))?;
     if globals.json {
         print_json(&plan);
@@ -271,11 +278,11 @@ fn apply(
     catalog: Catalog,
     globals: &Globals,
     args: &ChangeArgs,
-    apply_command: &str,
+    commands: &ApplyCommandArgs,
 ) -> Result<(), CliError> {
     let (change, settings) = parse_change(args)?;
     let facts = detect(globals)?;
-    let manager = manager(catalog, globals, apply_command);
+    let manager = manager(catalog, globals, Some(commands));
     let result = manager.apply(&change, &settings, Some(&facts));
     if let Err(ManagerError::Invalid { .. }) = &result {
         // Show the whole plan so each error comes with its context.
@@ -296,8 +303,12 @@ fn apply(
     Ok(())
 }
 
-fn rollback(catalog: Catalog, globals: &Globals, apply_command: &str) -> Result<(), CliError> {
-    let report: RollbackReport = manager(catalog, globals, apply_command).rollback()?;
+fn rollback(
+    catalog: Catalog,
+    globals: &Globals,
+    commands: &ApplyCommandArgs,
+) -> Result<(), CliError> {
+    let report: RollbackReport = manager(catalog, globals, Some(commands)).rollback()?;
     if globals.json {
         print_json(&report);
     } else {
@@ -309,7 +320,7 @@ fn rollback(catalog: Catalog, globals: &Globals, apply_command: &str) -> Result<
 }
 
 fn status(catalog: Catalog, globals: &Globals) -> Result<(), CliError> {
-    let status: Status = manager(catalog, globals, DEFAULT_APPLY_COMMAND).status()?;
+    let status: Status = manager(catalog, globals, None).status()?;
     if globals.json {
         print_json(&status);
         return Ok(());

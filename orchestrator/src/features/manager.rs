@@ -19,6 +19,7 @@ use crate::host::HostFacts;
 pub const FEATURES_FILE: &str = "hypervisor-features.nix";
 pub const TIER_FILE: &str = "hypervisor-tier.nix";
 pub const DEFAULT_APPLY_COMMAND: &str = "nixos-rebuild switch";
+pub const DEFAULT_TEST_COMMAND: &str = "nixos-rebuild dry-build";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
@@ -42,6 +43,8 @@ pub enum ManagerError {
         outcome: String,
         rollback: String,
     },
+    #[error("`{command}` (the test before applying) failed ({outcome}); the previous files are restored, nothing was applied")]
+    TestFailed { command: String, outcome: String },
     #[error("verification failed: {problem}; {rollback}")]
     VerifyFailed { problem: String, rollback: String },
     #[error("no backup to roll back to in {}", path.display())]
@@ -70,6 +73,8 @@ pub struct Manager {
     pub config_dir: PathBuf,
     /// Run through `sh -c` with `HV_CONFIG_DIR` set.
     pub apply_command: String,
+    /// Seed 003's testing phase, run the same way before the apply command; empty = skipped.
+    pub test_command: String,
     pub nix_instantiate: String,
 }
 
@@ -171,6 +176,17 @@ impl Manager {
             self.states
                 .log(&format!("writing the generated files FAILED: {err}"));
             return Err(err);
+        }
+        if let Err(outcome) = self.run_test_command() {
+            if self.restore(&backup).is_ok() {
+                let _ = fs::remove_dir_all(self.states.backups_dir().join(&backup));
+            }
+            self.states
+                .log(&format!("test FAILED ({outcome}); previous files restored"));
+            return Err(ManagerError::TestFailed {
+                command: self.test_command.clone(),
+                outcome,
+            });
         }
         if let Err(outcome) = self.run_apply_command() {
             let rollback = self.restore_after_failure(&backup);
@@ -317,11 +333,23 @@ impl Manager {
         Ok(())
     }
 
-    /// Runs the apply command; `Err` carries the exit status and the last lines of its output.
     fn run_apply_command(&self) -> Result<(), String> {
+        self.run_shell(&self.apply_command)
+    }
+
+    fn run_test_command(&self) -> Result<(), String> {
+        match self.test_command.trim().is_empty() {
+            true => Ok(()),
+            false => self.run_shell(&self.test_command),
+        }
+    }
+
+    /// Runs `command` with `sh -c`; `Err` carries the exit status and the last lines of its
+    /// error output.
+    fn run_shell(&self, command: &str) -> Result<(), String> {
         let output = Command::new("sh")
             .arg("-c")
-            .arg(&self.apply_command)
+            .arg(command)
             .env("HV_CONFIG_DIR", &self.config_dir)
             .output()
             .map_err(|err| format!("cannot start sh: {err}"))?;
@@ -466,6 +494,7 @@ mod tests {
             states: StateDir::new(dir.join("state")),
             config_dir: dir.join("etc"),
             apply_command: "true".into(),
+            test_command: String::new(),
             // The parse check is covered by tests/features_nix.rs; here it must not matter.
             nix_instantiate: "true".into(),
         }
@@ -501,6 +530,27 @@ mod tests {
         assert_eq!(manager.backups().unwrap().len(), 2);
         let state = manager.states.load(&manager.catalog).unwrap();
         assert_eq!(state.enabled, ["core", "monitoring"]);
+    }
+
+    #[test]
+    fn test_apply_failed_test_command_restores_and_never_applies() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut manager = manager(dir.path());
+        manager.apply(&add("monitoring"), &[], None).unwrap();
+        let [features, _] = manager.config_files();
+        let before = fs::read_to_string(&features).unwrap();
+        let applied = dir.path().join("applied");
+        manager.apply_command = format!("touch {}", applied.display());
+        manager.test_command = "echo 'error: undefined variable hypervisor' >&2; exit 1".into();
+        let err = manager.apply(&add("web-dashboard"), &[], None).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("error: undefined variable hypervisor"),
+            "{err}"
+        );
+        assert!(!applied.exists());
+        assert_eq!(fs::read_to_string(&features).unwrap(), before);
+        assert_eq!(manager.backups().unwrap().len(), 1);
     }
 
     #[test]
