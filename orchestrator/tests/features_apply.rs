@@ -270,6 +270,27 @@ fn test_features_failing_test_command_keeps_old_files() {
 }
 
 #[test]
+fn test_features_hand_edits_are_reported_before_apply() {
+    let sandbox = Sandbox::new();
+    assert_ok(&sandbox.hv(&["features", "apply", "+monitoring"]));
+    assert!(!stdout(&sandbox.hv(&["features", "plan", "+logging"])).contains("WARNING"));
+    let edited = fs::read_to_string(sandbox.features_nix())
+        .unwrap()
+        .replace("enable = true;", "enable = false;");
+    fs::write(sandbox.features_nix(), &edited).unwrap();
+    let text = stdout(&sandbox.hv(&["features", "plan", "+logging"]));
+    assert!(
+        text.contains("hypervisor-features.nix differs from the recorded state"),
+        "{text}"
+    );
+    assert!(stdout(&sandbox.hv(&["features", "status"])).contains("WARNING"));
+    // Apply replaces the edited file and keeps it in the backup; rollback brings it back.
+    assert_ok(&sandbox.hv(&["features", "apply", "+logging"]));
+    assert_ok(&sandbox.hv(&["features", "rollback"]));
+    assert_eq!(fs::read_to_string(sandbox.features_nix()).unwrap(), edited);
+}
+
+#[test]
 fn test_features_unparseable_generated_file_is_never_applied() {
     let sandbox = Sandbox::new();
     let applied = sandbox.dir.path().join("applied");

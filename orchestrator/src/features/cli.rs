@@ -261,6 +261,17 @@ fn plan(catalog: Catalog, globals: &Globals, args: &ChangeArgs) -> Result<(), Cl
         print_json(&plan);
     } else {
         print!("{}", render_plan(&manager.catalog, &plan));
+        // Hand edits of the generated files are lost on apply: say so before, not after.
+        let drifted = manager
+            .status()
+            .map(|s| s.drifted_files)
+            .unwrap_or_default();
+        for path in drifted {
+            println!(
+                "WARNING: {} differs from the recorded state (edited by hand?); apply replaces it (the old file goes to the backup)",
+                path.display()
+            );
+        }
         if plan.resolution.is_valid() && plan.has_changes {
             println!(
                 "\nRun `hv features apply {}` to apply it.",
