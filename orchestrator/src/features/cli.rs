@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::catalog::{Catalog, CatalogError, Feature};
 use super::manager::{
     ApplyReport, Manager, ManagerError, RollbackReport, Status, DEFAULT_APPLY_COMMAND,
-    DEFAULT_TEST_COMMAND,
+    DEFAULT_KEEP_BACKUPS, DEFAULT_TEST_COMMAND,
 };
 use super::plan::{Plan, PlanError, SettingChange};
 use super::resolver::Change;
@@ -177,6 +177,7 @@ fn manager(catalog: Catalog, globals: &Globals, commands: Option<&ApplyCommandAr
             .map_or(DEFAULT_TEST_COMMAND, |c| &c.test_command)
             .to_string(),
         nix_instantiate: globals.nix_instantiate.clone(),
+        keep_backups: DEFAULT_KEEP_BACKUPS,
     }
 }
 

@@ -20,6 +20,9 @@ pub const FEATURES_FILE: &str = "hypervisor-features.nix";
 pub const TIER_FILE: &str = "hypervisor-tier.nix";
 pub const DEFAULT_APPLY_COMMAND: &str = "nixos-rebuild switch";
 pub const DEFAULT_TEST_COMMAND: &str = "nixos-rebuild dry-build";
+/// Backups kept after a successful apply; older ones are deleted (NixOS generations keep the
+/// longer history of the system itself).
+pub const DEFAULT_KEEP_BACKUPS: usize = 50;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManagerError {
@@ -76,6 +79,8 @@ pub struct Manager {
     /// Seed 003's testing phase, run the same way before the apply command; empty = skipped.
     pub test_command: String,
     pub nix_instantiate: String,
+    /// How many backups to keep (at least one).
+    pub keep_backups: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -205,6 +210,7 @@ impl Manager {
             return Err(ManagerError::VerifyFailed { problem, rollback });
         }
         self.states.record(&plan.target_state())?;
+        self.prune_backups();
         self.states.log(&format!(
             "applied tier {} features [{}] (backup {backup})",
             plan.resolution.tier,
@@ -384,6 +390,15 @@ impl Manager {
         }
     }
 
+    /// Deletes the oldest backups beyond `keep_backups`; failing to prune never fails an apply.
+    fn prune_backups(&self) {
+        let Ok(names) = self.backups() else { return };
+        let excess = names.len().saturating_sub(self.keep_backups.max(1));
+        for name in &names[..excess] {
+            let _ = fs::remove_dir_all(self.states.backups_dir().join(name));
+        }
+    }
+
     /// Names of the backups, oldest first.
     fn backups(&self) -> Result<Vec<String>, ManagerError> {
         let dir = self.states.backups_dir();
@@ -408,17 +423,24 @@ impl Manager {
     fn backup(&self) -> Result<String, ManagerError> {
         let root = self.states.backups_dir();
         let stamp = compact_timestamp();
-        let (name, dir) = (0..1000)
-            .map(|n| {
-                let name = format!("{stamp}-{n:03}");
-                let dir = root.join(&name);
-                (name, dir)
+        // Names must sort in creation order: within one second, count on from the highest
+        // existing suffix (a pruned lower suffix must not be reused).
+        let mut names = fs::read_dir(&root)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
             })
-            .find(|(_, dir)| !dir.exists())
-            .ok_or_else(|| ManagerError::Io {
-                path: root.clone(),
-                source: io::Error::new(io::ErrorKind::AlreadyExists, "1000 backups in one second"),
-            })?;
+            .unwrap_or_default();
+        names.retain(|n| n.starts_with(&stamp));
+        let next = names
+            .iter()
+            .filter_map(|n| n.rsplit('-').next()?.parse::<u32>().ok())
+            .max()
+            .map_or(0, |n| n + 1);
+        let name = format!("{stamp}-{next:03}");
+        let dir = root.join(&name);
         fs::create_dir_all(&dir).map_err(io_error(&dir))?;
         let mut manifest = BackupManifest {
             saved: Vec::new(),
@@ -495,6 +517,7 @@ mod tests {
             config_dir: dir.join("etc"),
             apply_command: "true".into(),
             test_command: String::new(),
+            keep_backups: DEFAULT_KEEP_BACKUPS,
             // The parse check is covered by tests/features_nix.rs; here it must not matter.
             nix_instantiate: "true".into(),
         }
@@ -551,6 +574,22 @@ mod tests {
         assert!(!applied.exists());
         assert_eq!(fs::read_to_string(&features).unwrap(), before);
         assert_eq!(manager.backups().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn test_apply_prunes_oldest_backups() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut manager = manager(dir.path());
+        manager.keep_backups = 2;
+        for feature in ["monitoring", "logging", "alerting", "tracing"] {
+            manager.apply(&add(feature), &[], None).unwrap();
+        }
+        let backups = manager.backups().unwrap();
+        assert_eq!(backups.len(), 2);
+        // The newest backup holds the state from before the last apply.
+        manager.rollback().unwrap();
+        let state = manager.states.load(&manager.catalog).unwrap();
+        assert_eq!(state.enabled, ["core", "monitoring", "logging", "alerting"]);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +25,9 @@ use super::catalog::Catalog;
 use super::resolver::Selection;
 
 pub const STATE_SCHEMA_VERSION: u32 = 1;
+
+/// How long `lock` waits for another holder before giving up.
+pub const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 /// Per-feature flag values (`feature -> flag -> value`); defaults are not stored.
 pub type Settings = BTreeMap<String, BTreeMap<String, serde_json::Value>>;
@@ -189,7 +192,10 @@ impl StateDir {
         write_atomically(&self.security_mode_file(), b"hardened\n")
     }
 
-    /// Takes the apply lock without waiting: a second concurrent apply fails at once.
+    /// Takes the apply lock, waiting at most `LOCK_WAIT`: a concurrent apply (which runs
+    /// `nixos-rebuild` for minutes) makes this fail, while a brief hold is waited out. Brief
+    /// holds happen because a flock belongs to the open file, and a child process forked by
+    /// another thread keeps a copy of every descriptor until its `exec` closes it.
     pub fn lock(&self) -> Result<StateLock, StateError> {
         fs::create_dir_all(&self.root).map_err(io_error(&self.root))?;
         let path = self.root.join("lock");
@@ -199,10 +205,18 @@ impl StateDir {
             .write(true)
             .open(&path)
             .map_err(io_error(&path))?;
-        match file.try_lock() {
-            Ok(()) => Ok(StateLock { _file: file }),
-            Err(fs::TryLockError::WouldBlock) => Err(StateError::Locked { path }),
-            Err(fs::TryLockError::Error(source)) => Err(StateError::Io { path, source }),
+        let deadline = Instant::now() + LOCK_WAIT;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(StateLock { _file: file }),
+                Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(fs::TryLockError::WouldBlock) => return Err(StateError::Locked { path }),
+                Err(fs::TryLockError::Error(source)) => {
+                    return Err(StateError::Io { path, source })
+                }
+            }
         }
     }
 
