@@ -20,6 +20,7 @@ use linux_loader::loader::load_cmdline;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::api::{spawn_api_server, ApiError, ApiSocket};
+use crate::arch::acpi::{self, AcpiError};
 use crate::arch::boot::{write_pvh_start_info, write_zero_page, BootInfoError, BootProtocol};
 use crate::arch::cpuid::Topology;
 use crate::arch::layout::{CMDLINE_MAX_SIZE, CMDLINE_START};
@@ -63,6 +64,8 @@ pub enum BuildError {
     BootInfo(#[from] BootInfoError),
     #[error(transparent)]
     MpTable(#[from] MpTableError),
+    #[error(transparent)]
+    Acpi(#[from] AcpiError),
     #[error(transparent)]
     Regs(#[from] RegsError),
     #[error(transparent)]
@@ -150,15 +153,19 @@ fn load_guest(vm: &Vm, config: &VmConfig) -> Result<(BootProtocol, u64), BuildEr
     load_cmdline(mem, vm_memory::GuestAddress(CMDLINE_START), &cmdline)
         .map_err(BuildError::CmdlineWrite)?;
     let map = memory_map(config.memory_bytes);
+    // ACPI for kernels that only read ACPI (e.g. built without CONFIG_X86_MPPARSE), the MP table
+    // for kernels built without ACPI.
+    let rsdp = acpi::write(mem, config.vcpus)?;
+    mptable::write(mem, config.vcpus)?;
     match kernel.protocol {
-        BootProtocol::Pvh => write_pvh_start_info(mem, initrd, &map)?,
+        BootProtocol::Pvh => write_pvh_start_info(mem, initrd, &map, rsdp)?,
         BootProtocol::Linux64 => {
-            write_zero_page(mem, kernel.setup_header, config.cmdline.len(), initrd, &map)?;
+            let cmdline_len = config.cmdline.len();
+            write_zero_page(mem, kernel.setup_header, cmdline_len, initrd, &map, rsdp)?;
             write_identity_page_tables(mem)?;
         }
     }
     write_boot_descriptor_tables(mem, kernel.protocol)?;
-    mptable::write(mem, config.vcpus)?;
     Ok((kernel.protocol, kernel.entry))
 }
 

@@ -68,7 +68,7 @@ fn boot_until_banner(kernel: &PathBuf, limit: Duration) -> String {
     });
     let deadline = Instant::now() + limit;
     let mut console = Vec::new();
-    while !String::from_utf8_lossy(&console).contains("Linux version") {
+    while !has_complete_banner_line(&String::from_utf8_lossy(&console)) {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(chunk) => console.extend(chunk),
@@ -79,6 +79,13 @@ fn boot_until_banner(kernel: &PathBuf, limit: Duration) -> String {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let _ = child.wait();
     String::from_utf8_lossy(&console).into_owned()
+}
+
+/// True once a whole line holding the banner has arrived.
+fn has_complete_banner_line(console: &str) -> bool {
+    console
+        .find("Linux version")
+        .is_some_and(|at| console[at..].contains('\n'))
 }
 
 fn assert_banner(console: &str, what: &str) {
