@@ -126,9 +126,11 @@ pub fn write_zero_page(
     memory_map: &[MemoryMapEntry],
     rsdp_addr: u64,
 ) -> Result<(), BootInfoError> {
-    let mut params = boot_params::default();
-    // Boot protocol 2.14: where the ACPI RSDP is, so the kernel need not scan for it.
-    params.acpi_rsdp_addr = rsdp_addr;
+    let mut params = boot_params {
+        // Boot protocol 2.14: where the ACPI RSDP is, so the kernel need not scan for it.
+        acpi_rsdp_addr: rsdp_addr,
+        ..Default::default()
+    };
     let max = params.e820_table.len();
     if memory_map.len() > max {
         return Err(BootInfoError::TooManyMemoryMapEntries {
