@@ -292,10 +292,21 @@ fn bind(path: &Path) -> Result<UnixListener, ApiError> {
         }
         let _ = std::fs::remove_file(path);
     }
-    UnixListener::bind(path).map_err(|source| ApiError::Bind {
+    // Bind and listen under a temporary name, then rename: the socket path appears only once it
+    // accepts connections, so a client that sees the file can connect.
+    let mut staging = path.as_os_str().to_owned();
+    staging.push(format!(".{}.tmp", std::process::id()));
+    let staging = PathBuf::from(staging);
+    let bind_err = |source| ApiError::Bind {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    let listener = UnixListener::bind(&staging).map_err(bind_err)?;
+    if let Err(e) = std::fs::rename(&staging, path) {
+        let _ = std::fs::remove_file(&staging);
+        return Err(bind_err(e));
+    }
+    Ok(listener)
 }
 
 /// Binds `path` and serves requests on a thread of its own, one connection at a time.
