@@ -1,2 +1,6 @@
 //! Orchestrator (see README.md).
 #![forbid(unsafe_code)]
+
+pub mod compute;
+pub mod libvirt;
+pub mod store;
