@@ -94,7 +94,8 @@ pub struct Origin {
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let layer = match self.layer {
-            Layer::Default => return f.write_str("default"),
+            Layer::Default if self.name.is_empty() => return f.write_str("default"),
+            Layer::Default => return write!(f, "default {}", self.name),
             Layer::Blueprint => "blueprint",
             Layer::Tag => "tag",
             Layer::Policy => "policy",
@@ -383,8 +384,14 @@ fn derive_vcpus(
             origin: Origin {
                 layer: u.origin.layer,
                 name: format!(
-                    "{} (from compute_units = {}, {} units per vCPU)",
-                    u.origin.name, u.value, COMPUTE_UNITS_PER_VCPU
+                    "{}(from compute_units = {}, {} units per vCPU)",
+                    if u.origin.name.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{} ", u.origin.name)
+                    },
+                    u.value,
+                    COMPUTE_UNITS_PER_VCPU
                 ),
             },
             overrides: Vec::new(),

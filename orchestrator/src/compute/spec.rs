@@ -18,12 +18,13 @@ pub enum SpecError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{} is not a valid {kind} document", path.display())]
+    #[error("{}{} is not a valid {kind} document: {message}", path.display(), position.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default())]
     Parse {
         path: PathBuf,
+        /// (line, column), 1-based, when the parser knows it.
+        position: Option<(usize, usize)>,
         kind: &'static str,
-        #[source]
-        source: Box<toml::de::Error>,
+        message: String,
     },
     #[error("invalid size {text:?}: expected a number with an optional K, M, G or T suffix (binary units)")]
     Size { text: String },
@@ -336,11 +337,27 @@ pub fn parse_doc<T: serde::de::DeserializeOwned>(
     path: &Path,
     kind: &'static str,
 ) -> Result<T, SpecError> {
-    toml::from_str(text).map_err(|source| SpecError::Parse {
+    toml::from_str(text).map_err(|error| parse_error(text, path, kind, &error))
+}
+
+/// One-line parse error with the position from the TOML parser's span.
+fn parse_error(text: &str, path: &Path, kind: &'static str, error: &toml::de::Error) -> SpecError {
+    let position = error.span().map(|span| {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+        (line, column)
+    });
+    SpecError::Parse {
         path: path.to_owned(),
+        position,
         kind,
-        source: Box::new(source),
-    })
+        message: error
+            .message()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
 }
 
 /// Parses a unit file, rejecting keys that are neither unit keys nor settings.
@@ -355,20 +372,16 @@ pub fn parse_unit(text: &str, path: &Path) -> Result<UnitDoc, SpecError> {
         policies: Vec<String>,
         blueprint: Option<String>,
     }
-    let parse_error = |source| SpecError::Parse {
-        path: path.to_owned(),
-        kind: "unit",
-        source: Box::new(source),
-    };
-    let mut table: toml::Table = toml::from_str(text).map_err(parse_error)?;
+    let unit_error = |error: toml::de::Error| parse_error(text, path, "unit", &error);
+    let mut table: toml::Table = toml::from_str(text).map_err(unit_error)?;
     let mut head = toml::Table::new();
     for key in ["name", "tags", "policies", "blueprint"] {
         if let Some(value) = table.remove(key) {
             head.insert(key.to_owned(), value);
         }
     }
-    let head: Head = toml::Value::Table(head).try_into().map_err(parse_error)?;
-    let settings: SettingsDoc = toml::Value::Table(table).try_into().map_err(parse_error)?;
+    let head: Head = toml::Value::Table(head).try_into().map_err(unit_error)?;
+    let settings: SettingsDoc = toml::Value::Table(table).try_into().map_err(unit_error)?;
     Ok(UnitDoc {
         name: head.name,
         tags: head.tags,

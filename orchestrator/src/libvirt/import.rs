@@ -116,10 +116,16 @@ fn text_of(node: Node) -> String {
 }
 
 fn element_path(node: Node) -> String {
-    let mut parts: Vec<&str> = node
+    // Namespaced elements keep their prefix (`qemu:commandline`), as the user wrote them.
+    let mut parts: Vec<String> = node
         .ancestors()
         .filter(|n| n.is_element())
-        .map(|n| n.tag_name().name())
+        .map(
+            |n| match n.tag_name().namespace().and_then(|ns| n.lookup_prefix(ns)) {
+                Some(prefix) if !prefix.is_empty() => format!("{prefix}:{}", n.tag_name().name()),
+                _ => n.tag_name().name().to_owned(),
+            },
+        )
         .collect();
     parts.reverse();
     parts.join("/")
@@ -312,19 +318,29 @@ fn import_devices(importer: &mut Importer, devices: Node, settings: &mut Setting
                     ));
                 }
             }
-            "rng" => extra.push(Device {
-                kind: "rng".into(),
-                address: None,
-            }),
-            "memballoon" if node.attribute("model") == Some("none") => {}
-            "memballoon" => extra.push(Device {
-                kind: "balloon".into(),
-                address: None,
-            }),
-            "vsock" => extra.push(Device {
-                kind: "vsock".into(),
-                address: None,
-            }),
+            "rng" | "memballoon" | "vsock" => {
+                if node.attribute("model") == Some("none") {
+                    continue;
+                }
+                let kind = match node.tag_name().name() {
+                    "memballoon" => "balloon",
+                    other => other,
+                };
+                for child in elements(node) {
+                    match child.tag_name().name() {
+                        // hv's rng reads the host's getrandom; vsock CIDs are assigned per instance.
+                        "backend" | "cid" => {}
+                        "address" | "alias" => {
+                            importer.unsupported(child, "hv assigns device addresses itself")
+                        }
+                        _ => importer.unsupported(child, "device option not supported by hv"),
+                    }
+                }
+                extra.push(Device {
+                    kind: kind.into(),
+                    address: None,
+                });
+            }
             "emulator" => importer.unsupported(node, "hv-vmm is the VMM"),
             _ => importer.unsupported(node, "device not supported by hv"),
         }
@@ -502,8 +518,12 @@ fn import_hostdev(importer: &mut Importer, node: Node) -> Option<Device> {
         return None;
     };
     for child in elements(node) {
-        if child.tag_name().name() != "source" {
-            importer.unsupported(child, "hostdev option not supported by hv");
+        match child.tag_name().name() {
+            "source" => {}
+            "address" | "alias" => {
+                importer.unsupported(child, "hv assigns guest PCI addresses itself")
+            }
+            _ => importer.unsupported(child, "hostdev option not supported by hv"),
         }
     }
     Some(Device {
