@@ -33,6 +33,8 @@ pub const READY_PREFIX: &str = "hv-vmm: guest ready after ";
 pub enum LaunchError {
     #[error("cannot find hv-vmm: pass --vmm PATH or set HV_VMM_BIN (looked next to {} and in PATH)", exe_dir.display())]
     VmmNotFound { exe_dir: PathBuf },
+    #[error("hv-vmm not found at {} (from --vmm or HV_VMM_BIN)", path.display())]
+    VmmMissing { path: PathBuf },
     #[error("unit {unit} has no kernel (set boot.kernel, or use a blueprint whose component provides one)")]
     NoKernel { unit: String },
     #[error("unit {unit}: {what} {} does not exist", path.display())]
@@ -116,6 +118,11 @@ impl LaunchOutcome {
 /// Finds hv-vmm: explicit path, else next to the current executable, else in PATH.
 pub fn locate_vmm(explicit: Option<&Path>) -> Result<PathBuf, LaunchError> {
     if let Some(path) = explicit {
+        if !path.is_file() {
+            return Err(LaunchError::VmmMissing {
+                path: path.to_owned(),
+            });
+        }
         return Ok(path.to_owned());
     }
     let exe_dir = std::env::current_exe()
