@@ -1,0 +1,13 @@
+//! x86_64 machine definition: guest physical layout, boot-time CPU state and the tables a kernel
+//! reads at boot (e820 / PVH memory map, MP table, GDT, identity page tables), and CPUID.
+//!
+//! Everything here computes values or writes guest memory through `vm-memory`; the ioctls that
+//! install CPU state live in `vstate`.
+
+pub mod boot;
+pub mod cpuid;
+pub mod gdt;
+pub mod layout;
+pub mod memory_map;
+pub mod mptable;
+pub mod regs;
