@@ -448,9 +448,11 @@ fn dispatch(cli: Cli, started: std::time::Instant) -> Result<ExitCode, CliError>
             }
         }
         Command::Supervise { instance } => {
-            let state = state::open(global.state_dir.as_deref())
-                .map_err(|e| CliError::State(Box::new(e)))?;
-            launch::supervise(&state, &instance, global.vmm.as_deref())
+            let dir = global
+                .state_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(state::DEFAULT_STATE_DIR));
+            launch::supervise(&dir, &instance, global.vmm.as_deref())
                 .map_err(|e| CliError::Launch(Box::new(e)))?;
         }
     }

@@ -59,6 +59,8 @@ pub enum LaunchError {
     },
     #[error("state store problem")]
     Store(#[source] StoreError),
+    #[error("state directory problem")]
+    State(#[source] Box<super::state::StateError>),
     #[error("instance {id} has no resolved spec")]
     Spec {
         id: String,
@@ -424,19 +426,19 @@ pub fn vmm_args(unit: &ResolvedUnit, api_socket: &str) -> Vec<String> {
 }
 
 /// Runs in the detached supervisor process: starts hv-vmm, reports readiness once on stdout, restarts
-/// per policy, and records every transition.
-pub fn supervise(state: &State, id: &str, vmm: Option<&Path>) -> Result<(), LaunchError> {
-    let record = state
-        .store
-        .instance(id)
-        .map_err(LaunchError::Store)?
-        .ok_or_else(|| LaunchError::Store(StoreError::NoSuchInstance { id: id.to_owned() }))?;
-    let spec_path = state.instance_dir(id).join("resolved.json");
+/// per policy, and records every transition. hv-vmm is started before the store is opened so that the
+/// store's open cost is not on the launch-to-ready path.
+pub fn supervise(state_dir: &Path, id: &str, vmm: Option<&Path>) -> Result<(), LaunchError> {
+    let dir = state_dir.join("instances").join(id);
+    let spec_path = dir.join("resolved.json");
     let text = std::fs::read(&spec_path).map_err(io_error(&spec_path))?;
     let unit: ResolvedUnit = serde_json::from_slice(&text).map_err(|source| LaunchError::Spec {
         id: id.to_owned(),
         source,
     })?;
+    let api_socket = dir.join("api.sock").display().to_string();
+    let serial_log = dir.join("serial.log");
+    let vmm_log_path = dir.join("vmm.log");
     let mut notify = Some(std::io::stdout());
     let mut tell = |message: String| {
         if let Some(mut out) = notify.take() {
@@ -444,53 +446,49 @@ pub fn supervise(state: &State, id: &str, vmm: Option<&Path>) -> Result<(), Laun
             let _ = out.flush();
         }
     };
-    let vmm = match locate_vmm(vmm) {
-        Ok(vmm) => vmm,
-        Err(error) => {
-            tell(format!("failed {error}"));
-            let _ = state.store.update_instance(id, &mut |r| {
-                r.state = InstanceState::Failed;
-                r.last_error = Some(error.to_string());
-            });
-            return Err(error);
-        }
-    };
-    let vmm_log_path = PathBuf::from(&record.vmm_log);
     let mut vmm_log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&vmm_log_path)
         .map_err(io_error(&vmm_log_path))?;
+    let mut store: Option<State> = None;
     loop {
-        let _ = std::fs::remove_file(&record.api_socket);
-        let serial: Stdio = if unit.serial_log {
-            let path = PathBuf::from(&record.serial_log);
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&path)
-                .map_err(io_error(&path))?
-                .into()
-        } else {
-            Stdio::null()
+        let _ = std::fs::remove_file(&api_socket);
+        let spawned = locate_vmm(vmm).and_then(|vmm| {
+            let serial: Stdio = if unit.serial_log {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&serial_log)
+                    .map_err(io_error(&serial_log))?
+                    .into()
+            } else {
+                Stdio::null()
+            };
+            Command::new(&vmm)
+                .args(vmm_args(&unit, &api_socket))
+                .stdin(Stdio::null())
+                .stdout(serial)
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(|source| LaunchError::Spawn {
+                    program: vmm,
+                    source,
+                })
+        });
+        let state = match &store {
+            Some(state) => state,
+            None => store.insert(
+                super::state::open(Some(state_dir)).map_err(|e| LaunchError::State(Box::new(e)))?,
+            ),
         };
-        let spawned = Command::new(&vmm)
-            .args(vmm_args(&unit, &record.api_socket))
-            .stdin(Stdio::null())
-            .stdout(serial)
-            .stderr(Stdio::piped())
-            .spawn();
         let mut child = match spawned {
             Ok(child) => child,
-            Err(source) => {
-                let error = LaunchError::Spawn {
-                    program: vmm.clone(),
-                    source,
-                };
+            Err(error) => {
                 tell(format!("failed {error}"));
                 let _ = state.store.update_instance(id, &mut |r| {
                     r.state = InstanceState::Failed;
-                    r.last_error = Some(format!("cannot start {}", vmm.display()));
+                    r.last_error = Some(error.to_string());
                 });
                 return Err(error);
             }
@@ -506,6 +504,8 @@ pub fn supervise(state: &State, id: &str, vmm: Option<&Path>) -> Result<(), Laun
                 let Ok(line) = line else { break };
                 let _ = writeln!(vmm_log, "{line}");
                 if let Some(boot_us) = parse_ready_line(&line) {
+                    // Tell `launch` first: the record update is not on the launch-to-ready path.
+                    tell(format!("ready {boot_us}"));
                     state
                         .store
                         .update_instance(id, &mut |r| {
@@ -515,13 +515,15 @@ pub fn supervise(state: &State, id: &str, vmm: Option<&Path>) -> Result<(), Laun
                             }
                         })
                         .map_err(LaunchError::Store)?;
-                    tell(format!("ready {boot_us}"));
                 } else if !line.trim().is_empty() {
                     last_line = line;
                 }
             }
         }
-        let status = child.wait().map_err(io_error(&vmm))?;
+        let status = child.wait().map_err(|source| LaunchError::Io {
+            path: PathBuf::from("hv-vmm"),
+            source,
+        })?;
         let code = status.code().unwrap_or_else(|| {
             -std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0)
         });
@@ -568,7 +570,7 @@ pub fn supervise(state: &State, id: &str, vmm: Option<&Path>) -> Result<(), Laun
             })
             .map_err(LaunchError::Store)?;
         if !restart {
-            let _ = std::fs::remove_file(&record.api_socket);
+            let _ = std::fs::remove_file(&api_socket);
             return Ok(());
         }
         // Back off a little so a crash loop does not spin the host.
