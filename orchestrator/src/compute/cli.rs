@@ -452,7 +452,7 @@ fn dispatch(cli: Cli, started: std::time::Instant) -> Result<ExitCode, CliError>
                 .state_dir
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(state::DEFAULT_STATE_DIR));
-            launch::supervise(&dir, &instance, global.vmm.as_deref())
+            launch::supervise(&dir, &instance, global.vmm.as_deref(), started)
                 .map_err(|e| CliError::Launch(Box::new(e)))?;
         }
     }

@@ -93,6 +93,8 @@ pub struct LaunchOutcome {
     pub boot_time_us: Option<u64>,
     /// `ready_us - boot_time_us`: what the orchestrator added.
     pub overhead_us: Option<u64>,
+    /// From the start of the `launch` command until its supervisor process was spawned.
+    pub supervisor_spawned_us: u64,
     pub error: Option<String>,
     pub warnings: Vec<String>,
 }
@@ -247,6 +249,7 @@ pub fn launch(
                 ready_us: None,
                 boot_time_us: None,
                 overhead_us: None,
+                supervisor_spawned_us: 0,
                 error: None,
                 warnings: warnings.clone(),
             });
@@ -269,6 +272,7 @@ pub fn launch(
                     program: exe.clone(),
                     source,
                 })?;
+            outcomes[index].supervisor_spawned_us = options.started.elapsed().as_micros() as u64;
             let _ = state
                 .store
                 .update_instance(&id, &mut |r| r.supervisor_pid = Some(child.id()));
@@ -428,7 +432,12 @@ pub fn vmm_args(unit: &ResolvedUnit, api_socket: &str) -> Vec<String> {
 /// Runs in the detached supervisor process: starts hv-vmm, reports readiness once on stdout, restarts
 /// per policy, and records every transition. hv-vmm is started before the store is opened so that the
 /// store's open cost is not on the launch-to-ready path.
-pub fn supervise(state_dir: &Path, id: &str, vmm: Option<&Path>) -> Result<(), LaunchError> {
+pub fn supervise(
+    state_dir: &Path,
+    id: &str,
+    vmm: Option<&Path>,
+    started: Instant,
+) -> Result<(), LaunchError> {
     let dir = state_dir.join("instances").join(id);
     let spec_path = dir.join("resolved.json");
     let text = std::fs::read(&spec_path).map_err(io_error(&spec_path))?;
@@ -476,6 +485,14 @@ pub fn supervise(state_dir: &Path, id: &str, vmm: Option<&Path>) -> Result<(), L
                     source,
                 })
         });
+        if let Ok(child) = &spawned {
+            // Overhead accounting (docs/compute.md): supervisor exec -> hv-vmm spawned.
+            eprintln!(
+                "supervisor: hv-vmm pid {} spawned {} us after supervisor start",
+                child.id(),
+                started.elapsed().as_micros()
+            );
+        }
         let state = match &store {
             Some(state) => state,
             None => store.insert(
