@@ -217,3 +217,23 @@ fn test_explain_reports_missing_component_and_bad_files() {
         "{error}"
     );
 }
+
+#[test]
+fn test_hv_compose_name_accepts_the_same_blueprint_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let link = dir.path().join("hv-compose");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_hv-compute"), &link).unwrap();
+    let output = Command::new(&link)
+        .current_dir(workspace())
+        .args(["blueprint", "web-app", "--spec-dir", "examples/units"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8(output.stdout)
+        .unwrap()
+        .starts_with("blueprint web-app@1.2.0 ("));
+}

@@ -295,9 +295,12 @@ fn dispatch(cli: Cli, started: std::time::Instant) -> Result<ExitCode, CliError>
             count,
             timeout,
         } => {
+            launch::phase(started, "arguments parsed");
             let catalog = load_catalog(&global)?;
+            launch::phase(started, "catalog loaded");
             let state = state::open(global.state_dir.as_deref())
                 .map_err(|e| CliError::State(Box::new(e)))?;
+            launch::phase(started, "state opened");
             let mut plans = Vec::new();
             for unit in &units {
                 let resolution = resolve_unit(&catalog, unit)?;
@@ -313,6 +316,7 @@ fn dispatch(cli: Cli, started: std::time::Instant) -> Result<ExitCode, CliError>
                 .unwrap_or_default();
                 plans.push((resolution.resolved, spec_text));
             }
+            launch::phase(started, "units resolved");
             let options = launch::LaunchOptions {
                 vmm: global.vmm.clone(),
                 spec_root: catalog.root.clone(),

@@ -119,6 +119,13 @@ impl LaunchOutcome {
     }
 }
 
+/// With `HV_COMPUTE_TIMING=1`, prints how long after `started` a launch phase ended (overhead analysis).
+pub fn phase(started: Instant, what: &str) {
+    if std::env::var_os("HV_COMPUTE_TIMING").is_some() {
+        eprintln!("timing: {what} at {} us", started.elapsed().as_micros());
+    }
+}
+
 /// Finds hv-vmm: explicit path, else next to the current executable, else in PATH.
 pub fn locate_vmm(explicit: Option<&Path>) -> Result<PathBuf, LaunchError> {
     if let Some(path) = explicit {
@@ -234,13 +241,16 @@ pub fn launch(
     for (resolved, spec_text) in plans {
         let mut unit = resolved.clone();
         let warnings = prepare(&mut unit, &options.spec_root)?;
+        phase(options.started, "prepared");
         let revision = state
             .store
             .put_unit_revision(&unit.name, spec_text)
             .map_err(LaunchError::Store)?;
+        phase(options.started, "revision stored");
         let count = options.count.unwrap_or(unit.replicas).max(1);
         for _ in 0..count {
-            let id = create_instance(state, &unit, revision)?;
+            let (id, record) = prepare_instance(state, &unit, revision)?;
+            phase(options.started, "instance prepared");
             let index = outcomes.len();
             outcomes.push(LaunchOutcome {
                 instance: id.clone(),
@@ -255,7 +265,8 @@ pub fn launch(
             });
             let supervisor_log = state.instance_dir(&id).join("supervisor.log");
             let log = std::fs::File::create(&supervisor_log).map_err(io_error(&supervisor_log))?;
-            let mut child = Command::new(&exe)
+            let mut command = Command::new(&exe);
+            command
                 .arg("--state-dir")
                 .arg(&state.dir)
                 .arg("--vmm")
@@ -266,16 +277,44 @@ pub fn launch(
                 .stdout(Stdio::piped())
                 .stderr(log)
                 // Its own process group: Ctrl-C on the launching terminal must not kill the VM.
-                .process_group(0)
-                .spawn()
-                .map_err(|source| LaunchError::Spawn {
+                .process_group(0);
+            // The supervisor starts while we hold the write lock; the record (with its pid) is committed
+            // right after, while the supervisor execs and boots the guest.
+            let mut spawned = None;
+            let mut spawn_error = None;
+            let inserted = state
+                .store
+                .insert_instance_locked(&mut || match command.spawn() {
+                    Ok(child) => {
+                        let mut record = record.clone();
+                        record.supervisor_pid = Some(child.id());
+                        spawned = Some(child);
+                        Some(record)
+                    }
+                    Err(source) => {
+                        spawn_error = Some(source);
+                        None
+                    }
+                })
+                .map_err(LaunchError::Store);
+            outcomes[index].supervisor_spawned_us = options.started.elapsed().as_micros() as u64;
+            phase(options.started, "supervisor spawned, record committed");
+            if let Some(source) = spawn_error {
+                return Err(LaunchError::Spawn {
                     program: exe.clone(),
                     source,
-                })?;
-            outcomes[index].supervisor_spawned_us = options.started.elapsed().as_micros() as u64;
-            let _ = state
-                .store
-                .update_instance(&id, &mut |r| r.supervisor_pid = Some(child.id()));
+                });
+            }
+            let Some(mut child) = spawned else {
+                outcomes[index].error = Some("the supervisor did not start".to_owned());
+                continue;
+            };
+            if let Err(error) = inserted {
+                // No record, no instance: do not leave an unsupervisable VM behind.
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(error);
+            }
             let stdout = child.stdout.take();
             let sender = sender.clone();
             std::thread::spawn(move || {
@@ -352,55 +391,51 @@ pub fn parse_ready_line(line: &str) -> Option<u64> {
         .ok()
 }
 
-/// Allocates `UNIT.N` (the smallest free N), creates its folder and inserts its record.
-fn create_instance(
+/// Allocates `UNIT.N` (the smallest N without a record), creates its folder with the resolved spec and
+/// returns the record to insert.
+fn prepare_instance(
     state: &State,
     unit: &ResolvedUnit,
     revision: u64,
-) -> Result<String, LaunchError> {
+) -> Result<(String, InstanceRecord), LaunchError> {
     let existing = state.store.instances().map_err(LaunchError::Store)?;
     let mut n = 0;
-    loop {
+    let id = loop {
         let id = format!("{}.{n}", unit.name);
-        if existing.iter().any(|r| r.id == id) {
-            n += 1;
-            continue;
+        if !existing.iter().any(|r| r.id == id) {
+            break id;
         }
-        let dir = state.instance_dir(&id);
-        std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
-        let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o2770));
-        let spec_path = dir.join("resolved.json");
-        let json = serde_json::to_vec_pretty(unit).map_err(|source| LaunchError::Spec {
-            id: id.clone(),
-            source,
-        })?;
-        std::fs::write(&spec_path, json).map_err(io_error(&spec_path))?;
-        let now = now_unix_ms();
-        let record = InstanceRecord {
-            id: id.clone(),
-            unit: unit.name.clone(),
-            unit_revision: revision,
-            state: InstanceState::Starting,
-            stop_requested: false,
-            supervisor_pid: None,
-            vmm_pid: None,
-            api_socket: dir.join("api.sock").display().to_string(),
-            serial_log: dir.join("serial.log").display().to_string(),
-            vmm_log: dir.join("vmm.log").display().to_string(),
-            boot_time_us: None,
-            restarts: 0,
-            last_exit_code: None,
-            last_error: None,
-            created_unix_ms: now,
-            updated_unix_ms: now,
-        };
-        match state.store.insert_instance(&record) {
-            Ok(()) => return Ok(id),
-            // Another launch took this id between our read and insert: try the next one.
-            Err(_) if state.store.instance(&id).ok().flatten().is_some() => n += 1,
-            Err(error) => return Err(LaunchError::Store(error)),
-        }
-    }
+        n += 1;
+    };
+    let dir = state.instance_dir(&id);
+    std::fs::create_dir_all(&dir).map_err(io_error(&dir))?;
+    let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o2770));
+    let spec_path = dir.join("resolved.json");
+    let json = serde_json::to_vec_pretty(unit).map_err(|source| LaunchError::Spec {
+        id: id.clone(),
+        source,
+    })?;
+    std::fs::write(&spec_path, json).map_err(io_error(&spec_path))?;
+    let now = now_unix_ms();
+    let record = InstanceRecord {
+        id: id.clone(),
+        unit: unit.name.clone(),
+        unit_revision: revision,
+        state: InstanceState::Starting,
+        stop_requested: false,
+        supervisor_pid: None,
+        vmm_pid: None,
+        api_socket: dir.join("api.sock").display().to_string(),
+        serial_log: dir.join("serial.log").display().to_string(),
+        vmm_log: dir.join("vmm.log").display().to_string(),
+        boot_time_us: None,
+        restarts: 0,
+        last_exit_code: None,
+        last_error: None,
+        created_unix_ms: now,
+        updated_unix_ms: now,
+    };
+    Ok((id, record))
 }
 
 /// The hv-vmm command line for a prepared unit (contract: `hv-vmm run --kernel ... --api-socket ...`).
@@ -493,16 +528,11 @@ pub fn supervise(
                 started.elapsed().as_micros()
             );
         }
-        let state = match &store {
-            Some(state) => state,
-            None => store.insert(
-                super::state::open(Some(state_dir)).map_err(|e| LaunchError::State(Box::new(e)))?,
-            ),
-        };
         let mut child = match spawned {
             Ok(child) => child,
             Err(error) => {
                 tell(format!("failed {error}"));
+                let state = open_store(&mut store, state_dir)?;
                 let _ = state.store.update_instance(id, &mut |r| {
                     r.state = InstanceState::Failed;
                     r.last_error = Some(error.to_string());
@@ -511,10 +541,20 @@ pub fn supervise(
             }
         };
         let pid = child.id();
-        state
-            .store
-            .update_instance(id, &mut |r| r.vmm_pid = Some(pid))
-            .map_err(LaunchError::Store)?;
+        // Record the pid from a helper thread with its own connection: the store may be busy (launch
+        // holds the write lock while it starts the next supervisor) and hv-vmm's ready line must not
+        // wait in the pipe meanwhile.
+        let pid_writer = {
+            let (dir, id) = (state_dir.to_owned(), id.to_owned());
+            std::thread::spawn(move || {
+                super::state::open(Some(&dir))
+                    .map_err(|e| LaunchError::State(Box::new(e)))?
+                    .store
+                    .update_instance(&id, &mut |r| r.vmm_pid = Some(pid))
+                    .map_err(LaunchError::Store)
+                    .map(|_| ())
+            })
+        };
         let mut last_line = String::new();
         if let Some(stderr) = child.stderr.take() {
             for line in BufReader::new(stderr).lines() {
@@ -523,6 +563,7 @@ pub fn supervise(
                 if let Some(boot_us) = parse_ready_line(&line) {
                     // Tell `launch` first: the record update is not on the launch-to-ready path.
                     tell(format!("ready {boot_us}"));
+                    let state = open_store(&mut store, state_dir)?;
                     state
                         .store
                         .update_instance(id, &mut |r| {
@@ -536,6 +577,9 @@ pub fn supervise(
                     last_line = line;
                 }
             }
+        }
+        if let Ok(Err(error)) = pid_writer.join() {
+            eprintln!("supervisor: could not record hv-vmm's pid: {error}");
         }
         let status = child.wait().map_err(|source| LaunchError::Io {
             path: PathBuf::from("hv-vmm"),
@@ -554,6 +598,7 @@ pub fn supervise(
             kvm_hint()
         ));
         let mut restart = false;
+        let state = open_store(&mut store, state_dir)?;
         let record = state
             .store
             .update_instance(id, &mut |r| {
@@ -595,6 +640,18 @@ pub fn supervise(
             50 * u64::from(record.restarts.min(20)),
         ));
     }
+}
+
+/// Opens the state store on first use (the supervisor starts hv-vmm before paying for it).
+fn open_store<'a>(slot: &'a mut Option<State>, dir: &Path) -> Result<&'a State, LaunchError> {
+    if slot.is_none() {
+        *slot = Some(super::state::open(Some(dir)).map_err(|e| LaunchError::State(Box::new(e)))?);
+    }
+    // Just filled above when it was empty.
+    slot.as_ref().ok_or_else(|| LaunchError::Io {
+        path: dir.to_owned(),
+        source: std::io::Error::other("state store not open"),
+    })
 }
 
 /// When the guest died early, a missing /dev/kvm permission is the most common cause: say so.

@@ -99,6 +99,13 @@ pub trait Store {
     fn unit_revisions(&self, unit: &str) -> Result<Vec<UnitRevision>, StoreError>;
     /// Inserts a new instance; fails if the id exists.
     fn insert_instance(&self, record: &InstanceRecord) -> Result<(), StoreError>;
+    /// Takes the write lock, runs `make` and inserts the record it returns (none: nothing is written).
+    /// Whatever `make` starts (a supervisor) cannot write the record before it exists, and the commit's
+    /// I/O happens after `make`, off the caller's critical path.
+    fn insert_instance_locked(
+        &self,
+        make: &mut dyn FnMut() -> Option<InstanceRecord>,
+    ) -> Result<Option<InstanceRecord>, StoreError>;
     /// Reads, changes and writes back one record in one transaction.
     fn update_instance(
         &self,
@@ -241,6 +248,23 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn insert_instance_locked(
+        &self,
+        make: &mut dyn FnMut() -> Option<InstanceRecord>,
+    ) -> Result<Option<InstanceRecord>, StoreError> {
+        self.write_transaction("inserting an instance", |conn| {
+            let Some(record) = make() else {
+                return Ok(None);
+            };
+            conn.execute(
+                "INSERT INTO instances (id, record) VALUES (?1, ?2)",
+                params![record.id, encode(&record)],
+            )
+            .map_err(query("inserting an instance"))?;
+            Ok(Some(record))
+        })
+    }
+
     fn update_instance(
         &self,
         id: &str,
@@ -378,6 +402,25 @@ mod tests {
         ));
         assert!(store.remove_instance("u.0").unwrap());
         assert!(store.instances().unwrap().is_empty());
+    }
+
+    #[test]
+    fn test_insert_instance_locked_writes_only_what_make_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("state.db")).unwrap();
+        assert_eq!(store.insert_instance_locked(&mut || None).unwrap(), None);
+        assert!(store.instances().unwrap().is_empty());
+        let inserted = store
+            .insert_instance_locked(&mut || Some(record("u.1")))
+            .unwrap();
+        assert_eq!(inserted.map(|r| r.id), Some("u.1".to_owned()));
+        assert!(
+            store
+                .insert_instance_locked(&mut || Some(record("u.1")))
+                .is_err(),
+            "ids stay unique"
+        );
+        assert_eq!(store.instances().unwrap().len(), 1);
     }
 
     #[test]
