@@ -296,6 +296,15 @@ fn dispatch(cli: Cli, started: std::time::Instant) -> Result<ExitCode, CliError>
             timeout,
         } => {
             launch::phase(started, "arguments parsed");
+            let state_dir = global
+                .state_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(state::DEFAULT_STATE_DIR));
+            let wanted = units.len() * count.unwrap_or(1).max(1) as usize;
+            let mut pool =
+                launch::SupervisorPool::prestart(&state_dir, global.vmm.as_deref(), wanted)
+                    .map_err(|e| CliError::Launch(Box::new(e)))?;
+            launch::phase(started, "supervisors started");
             let catalog = load_catalog(&global)?;
             launch::phase(started, "catalog loaded");
             let state = state::open(global.state_dir.as_deref())
@@ -324,7 +333,7 @@ fn dispatch(cli: Cli, started: std::time::Instant) -> Result<ExitCode, CliError>
                 timeout: std::time::Duration::from_secs(timeout),
                 started,
             };
-            let outcomes = launch::launch(&state, &plans, &options)
+            let outcomes = launch::launch(&state, &plans, &options, &mut pool)
                 .map_err(|e| CliError::Launch(Box::new(e)))?;
             let failed = outcomes.iter().any(|o| o.ready_us.is_none());
             if global.json {
@@ -456,6 +465,22 @@ fn dispatch(cli: Cli, started: std::time::Instant) -> Result<ExitCode, CliError>
                 .state_dir
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(state::DEFAULT_STATE_DIR));
+            let (instance, started) = if instance == "-" {
+                // Pre-started by `launch`: wait for the instance, then log to its folder.
+                let mut line = String::new();
+                let _ = std::io::stdin().read_line(&mut line);
+                let id = line.trim().to_owned();
+                if id.is_empty() {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                let log_path = dir.join("instances").join(&id).join("supervisor.log");
+                if let Ok(log) = std::fs::File::create(&log_path) {
+                    let _ = nix::unistd::dup2_stderr(&log);
+                }
+                (id, std::time::Instant::now())
+            } else {
+                (instance, started)
+            };
             launch::supervise(&dir, &instance, global.vmm.as_deref(), started)
                 .map_err(|e| CliError::Launch(Box::new(e)))?;
         }

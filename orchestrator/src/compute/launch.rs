@@ -119,6 +119,76 @@ impl LaunchOutcome {
     }
 }
 
+/// Supervisor processes started as soon as `launch` has parsed its arguments, so that their exec and
+/// start-up overlap launch's own work (loading specs, resolving, the store). Each waits for its
+/// instance id on stdin (`__supervise -`); an unused one sees end-of-file and exits.
+#[derive(Debug)]
+pub struct SupervisorPool {
+    exe: PathBuf,
+    state_dir: PathBuf,
+    vmm: PathBuf,
+    idle: Vec<std::process::Child>,
+}
+
+impl SupervisorPool {
+    /// Starts `count` idle supervisors (more are started on demand).
+    pub fn prestart(
+        state_dir: &Path,
+        vmm: Option<&Path>,
+        count: usize,
+    ) -> Result<Self, LaunchError> {
+        let vmm = locate_vmm(vmm)?;
+        let exe = std::env::current_exe().map_err(|source| LaunchError::Spawn {
+            program: PathBuf::from("hv-compute"),
+            source,
+        })?;
+        let mut pool = SupervisorPool {
+            exe,
+            state_dir: state_dir.to_owned(),
+            vmm,
+            idle: Vec::new(),
+        };
+        for _ in 0..count {
+            let child = pool.spawn_one().map_err(|source| LaunchError::Spawn {
+                program: pool.exe.clone(),
+                source,
+            })?;
+            pool.idle.push(child);
+        }
+        Ok(pool)
+    }
+
+    fn spawn_one(&self) -> std::io::Result<std::process::Child> {
+        Command::new(&self.exe)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .arg("--vmm")
+            .arg(&self.vmm)
+            .arg("__supervise")
+            .arg("-")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            // Its own process group: Ctrl-C on the launching terminal must not kill the VM.
+            .process_group(0)
+            .spawn()
+    }
+
+    /// Hands instance `id` to an idle supervisor (starting one if none is left).
+    fn assign(&mut self, id: &str) -> std::io::Result<std::process::Child> {
+        let mut child = match self.idle.pop() {
+            Some(child) => child,
+            None => self.spawn_one()?,
+        };
+        let mut stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| std::io::Error::other("supervisor has no stdin"))?;
+        writeln!(stdin, "{id}")?;
+        Ok(child)
+    }
+}
+
 /// With `HV_COMPUTE_TIMING=1`, prints how long after `started` a launch phase ended (overhead analysis).
 pub fn phase(started: Instant, what: &str) {
     if std::env::var_os("HV_COMPUTE_TIMING").is_some() {
@@ -230,12 +300,8 @@ pub fn launch(
     state: &State,
     plans: &[(ResolvedUnit, String)],
     options: &LaunchOptions,
+    pool: &mut SupervisorPool,
 ) -> Result<Vec<LaunchOutcome>, LaunchError> {
-    let vmm = locate_vmm(options.vmm.as_deref())?;
-    let exe = std::env::current_exe().map_err(|source| LaunchError::Spawn {
-        program: PathBuf::from("hv-compute"),
-        source,
-    })?;
     let mut outcomes = Vec::new();
     let (sender, receiver) = mpsc::channel::<(usize, String, Instant)>();
     for (resolved, spec_text) in plans {
@@ -263,49 +329,34 @@ pub fn launch(
                 error: None,
                 warnings: warnings.clone(),
             });
-            let supervisor_log = state.instance_dir(&id).join("supervisor.log");
-            let log = std::fs::File::create(&supervisor_log).map_err(io_error(&supervisor_log))?;
-            let mut command = Command::new(&exe);
-            command
-                .arg("--state-dir")
-                .arg(&state.dir)
-                .arg("--vmm")
-                .arg(&vmm)
-                .arg("__supervise")
-                .arg(&id)
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(log)
-                // Its own process group: Ctrl-C on the launching terminal must not kill the VM.
-                .process_group(0);
-            // The supervisor starts while we hold the write lock; the record (with its pid) is committed
-            // right after, while the supervisor execs and boots the guest.
-            let mut spawned = None;
-            let mut spawn_error = None;
+            // The supervisor gets its instance while we hold the write lock; the record (with its pid)
+            // is committed right after, while the supervisor starts hv-vmm.
+            let mut assigned = None;
+            let mut assign_error = None;
             let inserted = state
                 .store
-                .insert_instance_locked(&mut || match command.spawn() {
+                .insert_instance_locked(&mut || match pool.assign(&id) {
                     Ok(child) => {
                         let mut record = record.clone();
                         record.supervisor_pid = Some(child.id());
-                        spawned = Some(child);
+                        assigned = Some(child);
                         Some(record)
                     }
                     Err(source) => {
-                        spawn_error = Some(source);
+                        assign_error = Some(source);
                         None
                     }
                 })
                 .map_err(LaunchError::Store);
             outcomes[index].supervisor_spawned_us = options.started.elapsed().as_micros() as u64;
-            phase(options.started, "supervisor spawned, record committed");
-            if let Some(source) = spawn_error {
+            phase(options.started, "supervisor assigned, record committed");
+            if let Some(source) = assign_error {
                 return Err(LaunchError::Spawn {
-                    program: exe.clone(),
+                    program: pool.exe.clone(),
                     source,
                 });
             }
-            let Some(mut child) = spawned else {
+            let Some(mut child) = assigned else {
                 outcomes[index].error = Some("the supervisor did not start".to_owned());
                 continue;
             };
@@ -523,7 +574,7 @@ pub fn supervise(
         if let Ok(child) = &spawned {
             // Overhead accounting (docs/compute.md): supervisor exec -> hv-vmm spawned.
             eprintln!(
-                "supervisor: hv-vmm pid {} spawned {} us after supervisor start",
+                "supervisor: hv-vmm pid {} spawned {} us after the instance was assigned",
                 child.id(),
                 started.elapsed().as_micros()
             );
