@@ -128,6 +128,8 @@ pub struct SupervisorPool {
     state_dir: PathBuf,
     vmm: PathBuf,
     idle: Vec<std::process::Child>,
+    /// The initial supervisors, spawned on a helper thread (spawning blocks for the child's exec).
+    starting: Option<std::thread::JoinHandle<Vec<std::process::Child>>>,
 }
 
 impl SupervisorPool {
@@ -142,28 +144,39 @@ impl SupervisorPool {
             program: PathBuf::from("hv-compute"),
             source,
         })?;
-        let mut pool = SupervisorPool {
+        let state_dir = state_dir.to_owned();
+        let starting = {
+            let (exe, state_dir, vmm) = (exe.clone(), state_dir.clone(), vmm.clone());
+            // A failed spawn here is retried (and reported) by `assign`.
+            std::thread::spawn(move || {
+                (0..count)
+                    .filter_map(|_| Self::spawn_supervisor(&exe, &state_dir, &vmm).ok())
+                    .collect()
+            })
+        };
+        Ok(SupervisorPool {
             exe,
-            state_dir: state_dir.to_owned(),
+            state_dir,
             vmm,
             idle: Vec::new(),
-        };
-        for _ in 0..count {
-            let child = pool.spawn_one().map_err(|source| LaunchError::Spawn {
-                program: pool.exe.clone(),
-                source,
-            })?;
-            pool.idle.push(child);
-        }
-        Ok(pool)
+            starting: Some(starting),
+        })
     }
 
     fn spawn_one(&self) -> std::io::Result<std::process::Child> {
-        Command::new(&self.exe)
+        Self::spawn_supervisor(&self.exe, &self.state_dir, &self.vmm)
+    }
+
+    fn spawn_supervisor(
+        exe: &Path,
+        state_dir: &Path,
+        vmm: &Path,
+    ) -> std::io::Result<std::process::Child> {
+        Command::new(exe)
             .arg("--state-dir")
-            .arg(&self.state_dir)
+            .arg(state_dir)
             .arg("--vmm")
-            .arg(&self.vmm)
+            .arg(vmm)
             .arg("__supervise")
             .arg("-")
             .stdin(Stdio::piped())
@@ -176,6 +189,9 @@ impl SupervisorPool {
 
     /// Hands instance `id` to an idle supervisor (starting one if none is left).
     fn assign(&mut self, id: &str) -> std::io::Result<std::process::Child> {
+        if let Some(starting) = self.starting.take() {
+            self.idle.extend(starting.join().unwrap_or_default());
+        }
         let mut child = match self.idle.pop() {
             Some(child) => child,
             None => self.spawn_one()?,
@@ -336,7 +352,18 @@ pub fn launch(
             let inserted = state
                 .store
                 .insert_instance_locked(&mut || match pool.assign(&id) {
-                    Ok(child) => {
+                    Ok(mut child) => {
+                        // Listen for the ready notice before committing, so a slow commit cannot
+                        // delay when we see it.
+                        let stdout = child.stdout.take();
+                        let sender = sender.clone();
+                        std::thread::spawn(move || {
+                            let mut line = String::new();
+                            if let Some(stdout) = stdout {
+                                let _ = BufReader::new(stdout).read_line(&mut line);
+                            }
+                            let _ = sender.send((index, line, Instant::now()));
+                        });
                         let mut record = record.clone();
                         record.supervisor_pid = Some(child.id());
                         assigned = Some(child);
@@ -366,17 +393,8 @@ pub fn launch(
                 let _ = child.wait();
                 return Err(error);
             }
-            let stdout = child.stdout.take();
-            let sender = sender.clone();
-            std::thread::spawn(move || {
-                let mut line = String::new();
-                if let Some(stdout) = stdout {
-                    let _ = BufReader::new(stdout).read_line(&mut line);
-                }
-                let _ = sender.send((index, line, Instant::now()));
-                // The supervisor outlives us; it is reparented when this process exits.
-                drop(child);
-            });
+            // The supervisor outlives us; it is reparented when this process exits.
+            drop(child);
         }
     }
     drop(sender);
