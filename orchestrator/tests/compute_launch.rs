@@ -293,15 +293,38 @@ fn test_unit_revisions_are_recorded_on_change() {
 
 #[test]
 fn test_unwritable_state_dir_is_explained() {
-    if nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipping: root can write any directory");
-        return;
-    }
     let env = Env::new(&[("fast", "exit", "")]);
+    std::fs::set_permissions(&env.root, std::fs::Permissions::from_mode(0o755)).unwrap();
     let locked = env.root.join("locked");
     std::fs::create_dir(&locked).unwrap();
-    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o500)).unwrap();
-    let output = env.run(&["list", "--state-dir", locked.to_str().unwrap()]);
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o2770)).unwrap();
+    let mut command = if nix::unistd::Uid::effective().is_root() {
+        // root passes every permission check: run as `nobody`, who is not in the directory's group.
+        let mut command = Command::new("setpriv");
+        command.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            env!("CARGO_BIN_EXE_hv-compute"),
+        ]);
+        command
+    } else {
+        std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o500)).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_hv-compute"))
+    };
+    let output = command
+        .args(["list", "--state-dir", locked.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("is not writable by user"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("is not writable by user"), "{stderr}");
+    if nix::unistd::Uid::effective().is_root() {
+        assert!(
+            stderr.contains(
+                "user nobody, who is not in group root: run `sudo usermod -aG root nobody`"
+            ),
+            "{stderr}"
+        );
+    }
 }
