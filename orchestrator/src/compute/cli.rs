@@ -296,6 +296,7 @@ fn dispatch(cli: Cli, started: std::time::Instant) -> Result<ExitCode, CliError>
             timeout,
         } => {
             launch::phase(started, "arguments parsed");
+            launch::group_shared_umask();
             let state_dir = global
                 .state_dir
                 .clone()
@@ -461,6 +462,7 @@ fn dispatch(cli: Cli, started: std::time::Instant) -> Result<ExitCode, CliError>
             }
         }
         Command::Supervise { instance } => {
+            launch::group_shared_umask();
             let dir = global
                 .state_dir
                 .clone()

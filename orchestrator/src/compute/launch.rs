@@ -37,7 +37,7 @@ pub enum LaunchError {
     VmmMissing { path: PathBuf },
     #[error("unit {unit} has no kernel (set boot.kernel, or use a blueprint whose component provides one)")]
     NoKernel { unit: String },
-    #[error("unit {unit}: {what} {} does not exist", path.display())]
+    #[error("unit {unit}: {what} {} does not exist{}", path.display(), guest_hint(path))]
     MissingFile {
         unit: String,
         what: &'static str,
@@ -67,6 +67,21 @@ pub enum LaunchError {
         #[source]
         source: serde_json::Error,
     },
+}
+
+/// The built-in test guests are generated, not checked in: say how to make them.
+fn guest_hint(path: &Path) -> &'static str {
+    if path.to_string_lossy().contains("target/guests/") {
+        " (build the tiny guests first: `cargo run -p hv-test-guests -- --out target/guests`)"
+    } else {
+        ""
+    }
+}
+
+/// Files and sockets created for instances (hv-vmm's API socket, logs) must be usable by the whole
+/// `hypervisor` group: clear only the "other" bits from the creation mode.
+pub fn group_shared_umask() {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o007));
 }
 
 /// How `launch` should run.
