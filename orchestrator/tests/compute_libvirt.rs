@@ -338,3 +338,118 @@ fn test_cli_import_converts_qcow2_with_qemu_img() {
         "{unit}"
     );
 }
+
+mod round_trip_properties {
+    use super::*;
+    use hv_orchestrator::compute::spec::{Device, Disk, Nic, ResourcesDoc, SettingsDoc, Size};
+    use proptest::prelude::*;
+
+    /// Text with XML's special characters, to exercise escaping.
+    fn text() -> impl Strategy<Value = String> {
+        "[a-zA-Z0-9 /._<>&'\"=-]{1,24}"
+            .prop_map(|s| s.trim().to_owned())
+            .prop_filter("non-empty", |s| !s.is_empty())
+    }
+
+    fn disk() -> impl Strategy<Value = Disk> {
+        (
+            text(),
+            prop::bool::ANY,
+            prop::bool::ANY,
+            prop::bool::ANY,
+            "vd[a-z]",
+        )
+            .prop_map(|(path, qcow2, block, cdrom, target)| Disk {
+                path,
+                format: if qcow2 { "qcow2" } else { "raw" }.into(),
+                device: if cdrom { "cdrom" } else { "disk" }.into(),
+                source: if block { "block" } else { "file" }.into(),
+                target: Some(target),
+                readonly: cdrom,
+            })
+    }
+
+    fn nic() -> impl Strategy<Value = Nic> {
+        (
+            0..4usize,
+            "[a-z][a-z0-9-]{0,8}",
+            "52:54:00:[0-9a-f]{2}:[0-9a-f]{2}:[0-9a-f]{2}",
+        )
+            .prop_map(|(mode, source, mac)| {
+                let mode = ["bridge", "network", "user", "ethernet"][mode];
+                Nic {
+                    mode: mode.into(),
+                    source: (mode != "user").then_some(source),
+                    mac: Some(mac),
+                    model: Some("virtio".into()),
+                }
+            })
+    }
+
+    fn device() -> impl Strategy<Value = Device> {
+        (0..4usize, 0u32..0xffff, 0u32..0x100, 0u32..0x20, 0u32..8).prop_map(
+            |(kind, domain, bus, slot, function)| match kind {
+                0 => Device {
+                    kind: "vfio-pci".into(),
+                    address: Some(format!("{domain:04x}:{bus:02x}:{slot:02x}.{function:x}")),
+                },
+                1 => Device {
+                    kind: "rng".into(),
+                    address: None,
+                },
+                2 => Device {
+                    kind: "balloon".into(),
+                    address: None,
+                },
+                _ => Device {
+                    kind: "vsock".into(),
+                    address: None,
+                },
+            },
+        )
+    }
+
+    prop_compose! {
+        fn unit()(
+            name in "[a-z][a-z0-9-]{0,12}",
+            description in proptest::option::of(text()),
+            vcpus in 1i64..64,
+            memory_mib in 1i64..(1 << 20),
+            cmdline in proptest::option::of(text()),
+            kernel in proptest::option::of(text()),
+            disks in proptest::collection::vec(disk(), 0..4),
+            network in proptest::collection::vec(nic(), 0..3),
+            devices in proptest::collection::vec(device(), 0..4),
+        ) -> UnitDoc {
+            UnitDoc {
+                name: Some(name),
+                settings: SettingsDoc {
+                    description,
+                    resources: Some(ResourcesDoc {
+                        vcpus: Some(vcpus),
+                        memory: Some(Size::Mib(memory_mib)),
+                        ..Default::default()
+                    }),
+                    boot: Some(spec::BootDoc { kernel, cmdline, initrd: None }),
+                    disks: (!disks.is_empty()).then_some(disks),
+                    network: (!network.is_empty()).then_some(network),
+                    devices: (!devices.is_empty()).then_some(devices),
+                    ..Default::default()
+                },
+                ..Default::default()
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, failure_persistence: None, ..ProptestConfig::default() })]
+        // Whatever a unit holds, export then import gives the same resolved unit back.
+        #[test]
+        fn test_export_import_round_trips_any_unit(unit in unit()) {
+            let before = resolved(&unit);
+            let xml = export(&before);
+            let again = import_str(&xml, Path::new("export.xml"), None).unwrap();
+            prop_assert_eq!(resolved(&again.unit), before, "{}", xml);
+        }
+    }
+}

@@ -159,7 +159,7 @@ pub struct LibvirtDoc {
     pub metadata: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uuid: Option<String>,
-    /// libvirt `<os><type>`: "hvm" for every domain hv can run.
+    /// libvirt `<os><type>` when it is not "hvm" (the only kind hv runs; import warns about others).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub os_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

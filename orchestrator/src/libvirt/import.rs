@@ -262,7 +262,14 @@ fn import_os(importer: &mut Importer, os: Node, boot: &mut BootDoc, libvirt: &mu
     for node in elements(os) {
         match node.tag_name().name() {
             "type" => {
-                libvirt.os_type = Some(text_of(node));
+                // hvm is the only kind hv runs (and what export writes): keep only anything else.
+                let os_type = text_of(node);
+                if os_type != "hvm" {
+                    importer.warn(format!(
+                        "<domain/os/type>{os_type}</type>: hv runs hvm guests only"
+                    ));
+                    libvirt.os_type = Some(os_type);
+                }
                 libvirt.machine = node.attribute("machine").map(str::to_owned);
                 if let Some(arch) = node.attribute("arch") {
                     if arch != "x86_64" {
