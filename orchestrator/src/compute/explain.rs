@@ -6,6 +6,11 @@ use super::resolve::{Effective, Resolution, COMPUTE_UNITS_PER_VCPU};
 
 fn show(value: &toml::Value) -> String {
     match value {
+        // Lists of tables get one line per item below the row (see `render`).
+        toml::Value::Array(items) if items.iter().any(toml::Value::is_table) => match items.len() {
+            1 => "1 item".to_owned(),
+            n => format!("{n} items"),
+        },
         toml::Value::String(s) if !s.contains('\n') => s.clone(),
         toml::Value::String(s) => format!("<{} lines>", s.lines().count()),
         other => other.to_string(),
@@ -71,6 +76,11 @@ pub fn render(resolution: &Resolution) -> String {
             let _ = write!(out, " (overrides {})", overridden.join("; "));
         }
         let _ = writeln!(out);
+        if let toml::Value::Array(items) = &effective.value {
+            for (index, item) in items.iter().filter(|i| i.is_table()).enumerate() {
+                let _ = writeln!(out, "  [{index}] {item}");
+            }
+        }
     }
     out
 }

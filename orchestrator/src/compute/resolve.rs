@@ -593,6 +593,25 @@ fn typed(
             ));
         }
     }
+    let devices = merged.devices.unwrap_or_default();
+    for device in &devices {
+        match (device.kind.as_str(), device.address.as_deref()) {
+            ("vfio-pci", Some(address)) if is_pci_address(address) => {}
+            ("vfio-pci", other) => {
+                return Err(invalid(
+                    "devices.address",
+                    format!("vfio-pci needs a PCI address like 0000:41:00.0, got {other:?}"),
+                ))
+            }
+            ("rng" | "balloon" | "vsock", _) => {}
+            (other, _) => {
+                return Err(invalid(
+                    "devices.kind",
+                    format!("{other:?} is not vfio-pci, rng, balloon or vsock"),
+                ))
+            }
+        }
+    }
     let disks = merged.disks.unwrap_or_default();
     for disk in &disks {
         if !["raw", "qcow2"].contains(&disk.format.as_str()) {
@@ -622,10 +641,20 @@ fn typed(
         cmdline: boot.cmdline,
         disks,
         network,
-        devices: merged.devices.unwrap_or_default(),
+        devices,
         serial_log,
         libvirt: merged.libvirt.unwrap_or_default(),
     })
+}
+
+/// "dddd:bb:ss.f" in hex, as sysfs names PCI devices.
+fn is_pci_address(address: &str) -> bool {
+    let hex = |s: &str, len: usize| s.len() == len && s.chars().all(|c| c.is_ascii_hexdigit());
+    let Some((rest, function)) = address.rsplit_once('.') else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split(':').collect();
+    parts.len() == 3 && hex(parts[0], 4) && hex(parts[1], 2) && hex(parts[2], 2) && hex(function, 1)
 }
 
 #[cfg(test)]
@@ -766,6 +795,17 @@ mod tests {
             err.is_err(),
             "contradicting vcpus and compute_units in one layer"
         );
+    }
+
+    #[test]
+    fn test_resolve_checks_vfio_addresses() {
+        let ok = "[[devices]]\nkind = 'vfio-pci'\naddress = '0000:41:00.1'\n";
+        assert!(resolve_unit(&catalog(ok, &[], &[]), "u").is_ok());
+        let bad = "[[devices]]\nkind = 'vfio-pci'\naddress = '41:00.1'\n";
+        let err = resolve_unit(&catalog(bad, &[], &[]), "u")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("vfio-pci needs a PCI address"), "{err}");
     }
 
     #[test]
