@@ -2,5 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod compute;
+pub mod features;
+pub mod host;
 pub mod libvirt;
 pub mod store;

@@ -11,6 +11,7 @@ const GUESTS: &[&str] = &[
     "marker",
     "smp",
     "timer",
+    "pit",
     "serial_irq",
     "cmdline",
     "e820",

@@ -20,13 +20,14 @@ use linux_loader::loader::load_cmdline;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::api::{spawn_api_server, ApiError, ApiSocket};
+use crate::arch::acpi::{self, AcpiError};
 use crate::arch::boot::{write_pvh_start_info, write_zero_page, BootInfoError, BootProtocol};
 use crate::arch::cpuid::Topology;
 use crate::arch::layout::{CMDLINE_MAX_SIZE, CMDLINE_START};
 use crate::arch::memory_map::memory_map;
 use crate::arch::mptable::{self, MpTableError};
 use crate::arch::regs::{write_boot_descriptor_tables, write_identity_page_tables, RegsError};
-use crate::clock::ProcessClock;
+use crate::clock::{ProcessClock, StartupTrace};
 use crate::config::{SerialMode, VmConfig};
 use crate::event::{IoBuses, VmmEvent};
 use crate::loader::{load_initrd, load_kernel, LoaderError};
@@ -63,6 +64,8 @@ pub enum BuildError {
     BootInfo(#[from] BootInfoError),
     #[error(transparent)]
     MpTable(#[from] MpTableError),
+    #[error(transparent)]
+    Acpi(#[from] AcpiError),
     #[error(transparent)]
     Regs(#[from] RegsError),
     #[error(transparent)]
@@ -150,15 +153,19 @@ fn load_guest(vm: &Vm, config: &VmConfig) -> Result<(BootProtocol, u64), BuildEr
     load_cmdline(mem, vm_memory::GuestAddress(CMDLINE_START), &cmdline)
         .map_err(BuildError::CmdlineWrite)?;
     let map = memory_map(config.memory_bytes);
+    // ACPI for kernels that only read ACPI (e.g. built without CONFIG_X86_MPPARSE), the MP table
+    // for kernels built without ACPI.
+    let rsdp = acpi::write(mem, config.vcpus)?;
+    mptable::write(mem, config.vcpus)?;
     match kernel.protocol {
-        BootProtocol::Pvh => write_pvh_start_info(mem, initrd, &map)?,
+        BootProtocol::Pvh => write_pvh_start_info(mem, initrd, &map, rsdp)?,
         BootProtocol::Linux64 => {
-            write_zero_page(mem, kernel.setup_header, config.cmdline.len(), initrd, &map)?;
+            let cmdline_len = config.cmdline.len();
+            write_zero_page(mem, kernel.setup_header, cmdline_len, initrd, &map, rsdp)?;
             write_identity_page_tables(mem)?;
         }
     }
     write_boot_descriptor_tables(mem, kernel.protocol)?;
-    mptable::write(mem, config.vcpus)?;
     Ok((kernel.protocol, kernel.entry))
 }
 
@@ -213,9 +220,71 @@ fn create_devices(
     Ok((buses, serial))
 }
 
+/// What vCPU threads and devices share with the VMM thread.
+struct Wiring {
+    events: Sender<VmmEvent>,
+    boot_time_us: Arc<AtomicU64>,
+    control: Arc<RunControl>,
+    clock: ProcessClock,
+    trace: StartupTrace,
+}
+
+/// vCPUs ready to start, and the devices the VMM thread keeps handles to.
+struct Prepared {
+    vcpus: Vec<Vcpu>,
+    serial: Arc<Mutex<Serial>>,
+    api: Option<ApiSocket>,
+}
+
+/// Everything that can happen while the memory slots are being registered.
+fn prepare_vcpus_and_devices(
+    vm: &Vm,
+    config: &VmConfig,
+    cpuid: &kvm_bindings::CpuId,
+    wiring: &Wiring,
+) -> Result<Prepared, BuildError> {
+    let Wiring {
+        events: event_sender,
+        boot_time_us,
+        control,
+        clock,
+        trace,
+    } = wiring;
+    let (protocol, entry) = load_guest(vm, config)?;
+    trace.phase("kernel and boot tables");
+    let (buses, serial) = create_devices(vm, config, event_sender, *clock, boot_time_us)?;
+    let api = config
+        .api_socket
+        .as_deref()
+        .map(|path| spawn_api_server(path, event_sender.clone()))
+        .transpose()?;
+    trace.phase("devices and API");
+    install_kick_handler().map_err(BuildError::KickHandler)?;
+    let topology = Topology {
+        vcpus: config.vcpus,
+    };
+    let buses = Arc::new(buses);
+    let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
+    for index in 0..config.vcpus {
+        let boot = (index == 0).then_some((protocol, entry));
+        vcpus.push(Vcpu {
+            fd: create_vcpu(&vm.fd, index, topology, cpuid, boot)?,
+            index,
+            buses: buses.clone(),
+            events: event_sender.clone(),
+            control: control.clone(),
+        });
+    }
+    trace.phase("vCPUs configured");
+    Ok(Prepared { vcpus, serial, api })
+}
+
 /// Builds the VM described by `config` and starts its vCPUs.
 pub fn build_and_start(config: VmConfig, clock: ProcessClock) -> Result<RunningVm, BuildError> {
+    let trace = StartupTrace::new(clock);
+    trace.phase("main");
     let kvm = open_kvm()?;
+    trace.phase("open /dev/kvm");
     let max_vcpus = kvm.get_max_vcpus().min(254);
     if usize::from(config.vcpus) > max_vcpus {
         return Err(BuildError::TooManyVcpus {
@@ -223,36 +292,55 @@ pub fn build_and_start(config: VmConfig, clock: ProcessClock) -> Result<RunningV
             max: max_vcpus,
         });
     }
-    let vm = Vm::new(&kvm, create_guest_memory(config.memory_bytes)?)?;
-    let (protocol, entry) = load_guest(&vm, &config)?;
-
+    // KVM_GET_SUPPORTED_CPUID is slow here (about a millisecond); ask for it beside creating the VM.
+    let (vm, cpuid) = std::thread::scope(|scope| {
+        let cpuid = std::thread::Builder::new()
+            .name("hv-cpuid".into())
+            .stack_size(64 * 1024)
+            .spawn_scoped(scope, || supported_cpuid(&kvm));
+        let vm = create_guest_memory(config.memory_bytes)
+            .map_err(BuildError::from)
+            .and_then(|memory| Ok(Vm::new(&kvm, memory)?));
+        let cpuid = match cpuid {
+            Ok(thread) => thread
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            Err(_) => supported_cpuid(&kvm),
+        };
+        (vm, cpuid)
+    });
+    let (vm, cpuid) = (vm?, cpuid?);
+    trace.phase("VM, irqchip, PIT, supported CPUID");
     let (event_sender, events) = channel();
-    let boot_time_us = Arc::new(AtomicU64::new(BOOT_TIME_UNSET));
-    let (buses, serial) = create_devices(&vm, &config, &event_sender, clock, &boot_time_us)?;
-    let api = config
-        .api_socket
-        .as_deref()
-        .map(|path| spawn_api_server(path, event_sender.clone()))
-        .transpose()?;
-
-    install_kick_handler().map_err(BuildError::KickHandler)?;
-    let cpuid = supported_cpuid(&kvm)?;
-    let topology = Topology {
-        vcpus: config.vcpus,
+    let wiring = Wiring {
+        events: event_sender,
+        boot_time_us: Arc::new(AtomicU64::new(BOOT_TIME_UNSET)),
+        control: Arc::new(RunControl::default()),
+        clock,
+        trace,
     };
-    let buses = Arc::new(buses);
-    let control = Arc::new(RunControl::default());
-    let mut vcpus = Vec::with_capacity(usize::from(config.vcpus));
-    for index in 0..config.vcpus {
-        let boot = (index == 0).then_some((protocol, entry));
-        vcpus.push(Vcpu {
-            fd: create_vcpu(&vm.fd, index, topology, &cpuid, boot)?,
-            index,
-            buses: buses.clone(),
-            events: event_sender.clone(),
-            control: control.clone(),
-        });
-    }
+
+    // The memory-slot ioctl waits for a kernel grace period (milliseconds on a busy host); run it
+    // beside everything else that does not need guest memory registered: loading the kernel
+    // (written through our own mapping), devices, CPUID, vCPU creation.
+    let Prepared { vcpus, serial, api } = std::thread::scope(|scope| {
+        let slots = std::thread::Builder::new()
+            .name("hv-memslots".into())
+            .stack_size(64 * 1024)
+            .spawn_scoped(scope, || vm.register_memory_slots())
+            .map_err(|source| BuildError::Device {
+                what: "memory-slot thread",
+                source,
+            })?;
+        let prepared = prepare_vcpus_and_devices(&vm, &config, &cpuid, &wiring);
+        let registered = slots
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        wiring.trace.phase("memory slots registered");
+        registered?;
+        prepared
+    })?;
+
     let mut vcpu_threads = Vec::with_capacity(vcpus.len());
     for vcpu in vcpus {
         let index = vcpu.index;
@@ -263,15 +351,16 @@ pub fn build_and_start(config: VmConfig, clock: ProcessClock) -> Result<RunningV
             .map_err(|source| BuildError::Thread { index, source })?;
         vcpu_threads.push(thread);
     }
+    wiring.trace.phase("vCPU threads started");
     Ok(RunningVm {
         config,
         vm,
         vcpu_threads,
-        control,
+        control: wiring.control,
         events,
-        event_sender,
+        event_sender: wiring.events,
         serial,
-        boot_time_us,
+        boot_time_us: wiring.boot_time_us,
         api,
     })
 }

@@ -35,6 +35,29 @@ impl ProcessClock {
     }
 }
 
+/// Start-up phase tracing for performance work: with `HV_VMM_TRACE_STARTUP=1` in the environment,
+/// each phase prints `hv-vmm: +N us <phase>` (time since process start) on stderr.
+#[derive(Debug, Clone, Copy)]
+pub struct StartupTrace {
+    clock: ProcessClock,
+    enabled: bool,
+}
+
+impl StartupTrace {
+    /// Reads the switch once.
+    pub fn new(clock: ProcessClock) -> Self {
+        let enabled = std::env::var_os("HV_VMM_TRACE_STARTUP").is_some_and(|v| v == "1");
+        Self { clock, enabled }
+    }
+
+    /// Marks the end of a phase.
+    pub fn phase(&self, name: &str) {
+        if self.enabled {
+            eprintln!("hv-vmm: +{} us {name}", self.clock.elapsed().as_micros());
+        }
+    }
+}
+
 fn parse_schedstat(text: &str) -> Option<Duration> {
     let mut fields = text.split_whitespace();
     let on_cpu: u64 = fields.next()?.parse().ok()?;

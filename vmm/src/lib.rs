@@ -12,6 +12,7 @@ pub mod arch;
 pub mod builder;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod event;
 pub mod loader;
 pub mod runtime;

@@ -139,6 +139,12 @@ fn run(args: RunArgs, clock: ProcessClock) -> ExitCode {
             return ExitCode::from(EXIT_VMM_ERROR);
         }
     };
+    if vm.config.serial == SerialMode::Stdio {
+        if let Err(e) = hv_vmm::console::forward_stdin_if_terminal(&vm.serial) {
+            report(&e);
+            return ExitCode::from(EXIT_VMM_ERROR);
+        }
+    }
     if let Err(e) = spawn_signal_thread(&vm) {
         report(&e);
         return ExitCode::from(EXIT_VMM_ERROR);

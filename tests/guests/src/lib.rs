@@ -65,6 +65,14 @@ static GUESTS: &[Guest] = &[
         exits_by_itself: true,
     },
     Guest {
+        name: "pit",
+        description: "PVH: PIT channel 0 -> 8259 PIC IRQ 0 -> LAPIC LINT0 (ExtINT), prints PIT TICK from the handler, resets",
+        elf: guest_elf!("pit"),
+        vcpus: 1,
+        expected_serial: "PIT TICK\n",
+        exits_by_itself: true,
+    },
+    Guest {
         name: "serial_irq",
         description: "PVH: COM1 THR-empty interrupt through IOAPIC pin 4, prints SERIAL IRQ from the handler, resets",
         elf: guest_elf!("serial_irq"),

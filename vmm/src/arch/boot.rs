@@ -60,6 +60,7 @@ pub fn write_pvh_start_info(
     mem: &GuestMemoryMmap,
     initrd: Option<InitrdPlacement>,
     memory_map: &[MemoryMapEntry],
+    rsdp_addr: u64,
 ) -> Result<(), BootInfoError> {
     let modlist_addr = PVH_INFO_START + std::mem::size_of::<hvm_start_info>() as u64;
     let nr_modules = u32::from(initrd.is_some());
@@ -80,6 +81,7 @@ pub fn write_pvh_start_info(
         nr_modules,
         modlist_paddr: if initrd.is_some() { modlist_addr } else { 0 },
         cmdline_paddr: CMDLINE_START,
+        rsdp_paddr: rsdp_addr,
         memmap_paddr: memmap_addr,
         memmap_entries: memory_map.len() as u32,
         ..Default::default()
@@ -122,8 +124,13 @@ pub fn write_zero_page(
     cmdline_len: usize,
     initrd: Option<InitrdPlacement>,
     memory_map: &[MemoryMapEntry],
+    rsdp_addr: u64,
 ) -> Result<(), BootInfoError> {
-    let mut params = boot_params::default();
+    let mut params = boot_params {
+        // Boot protocol 2.14: where the ACPI RSDP is, so the kernel need not scan for it.
+        acpi_rsdp_addr: rsdp_addr,
+        ..Default::default()
+    };
     let max = params.e820_table.len();
     if memory_map.len() > max {
         return Err(BootInfoError::TooManyMemoryMapEntries {
@@ -179,13 +186,15 @@ mod tests {
             addr: 0x700_0000,
             size: 0x1234,
         };
-        write_pvh_start_info(&mem, Some(initrd), &map).unwrap();
+        write_pvh_start_info(&mem, Some(initrd), &map, 0xe0000).unwrap();
         // Read back by raw offsets, as a guest does.
         let magic: u32 = mem.read_obj(GuestAddress(PVH_INFO_START)).unwrap();
         let version: u32 = mem.read_obj(GuestAddress(PVH_INFO_START + 4)).unwrap();
         let nr_modules: u32 = mem.read_obj(GuestAddress(PVH_INFO_START + 12)).unwrap();
         let modlist: u64 = mem.read_obj(GuestAddress(PVH_INFO_START + 16)).unwrap();
         let cmdline: u64 = mem.read_obj(GuestAddress(PVH_INFO_START + 24)).unwrap();
+        let rsdp: u64 = mem.read_obj(GuestAddress(PVH_INFO_START + 32)).unwrap();
+        assert_eq!(rsdp, 0xe0000);
         let memmap: u64 = mem.read_obj(GuestAddress(PVH_INFO_START + 40)).unwrap();
         let entries: u32 = mem.read_obj(GuestAddress(PVH_INFO_START + 48)).unwrap();
         assert_eq!((magic, version, nr_modules), (0x336e_c578, 1, 1));
@@ -203,11 +212,13 @@ mod tests {
     fn test_zero_page_has_header_cmdline_and_e820() {
         let mem = guest();
         let map = memory_map(64 << 20);
-        write_zero_page(&mem, None, 42, None, &map).unwrap();
+        write_zero_page(&mem, None, 42, None, &map, 0xe0000).unwrap();
         let hdr_magic: u32 = mem.read_obj(GuestAddress(ZERO_PAGE_START + 0x202)).unwrap();
         let boot_flag: u16 = mem.read_obj(GuestAddress(ZERO_PAGE_START + 0x1fe)).unwrap();
         let cmd_line_ptr: u32 = mem.read_obj(GuestAddress(ZERO_PAGE_START + 0x228)).unwrap();
         let e820_entries: u8 = mem.read_obj(GuestAddress(ZERO_PAGE_START + 0x1e8)).unwrap();
+        let rsdp: u64 = mem.read_obj(GuestAddress(ZERO_PAGE_START + 0x70)).unwrap();
+        assert_eq!(rsdp, 0xe0000);
         let first_type: u32 = mem
             .read_obj(GuestAddress(ZERO_PAGE_START + 0x2d0 + 16))
             .unwrap();

@@ -6,6 +6,7 @@
 //! 0x0000_6000  PVH hvm_start_info + memmap   0x0000_b000  PD   /  (2 MiB pages, 64-bit boot only)
 //! 0x0000_7000  Linux zero page (boot_params)  0x0002_0000  kernel command line
 //! 0x0000_8ff0  boot stack top (64-bit boot)  0x0009_fc00  EBDA (reserved)
+//!                                            0x000e_0000  ACPI tables (BIOS area)
 //!                                            0x000f_0000  MP table (BIOS area)
 //! 0x0010_0000  kernel (HIGH_MEMORY)          0xc000_0000 .. 4 GiB: MMIO hole (boot marker at
 //!                                            0xd000_0000, IOAPIC 0xfec0_0000, LAPIC 0xfee0_0000)
@@ -34,6 +35,10 @@ pub const CMDLINE_START: u64 = 0x20000;
 pub const CMDLINE_MAX_SIZE: usize = 2048;
 /// Extended BIOS data area (kept reserved in the memory map, as on a PC).
 pub const EBDA_START: u64 = 0x9fc00;
+/// ACPI tables (RSDP first) in the BIOS area, 16-byte aligned where kernels scan for "RSD PTR ".
+pub const ACPI_START: u64 = 0xe_0000;
+/// Start of the BIOS area (reserved in the memory map).
+pub const BIOS_AREA_START: u64 = 0xe_0000;
 /// MP table: in the BIOS area 0xf0000-0xfffff, where Linux scans for the `_MP_` floating pointer;
 /// 64 KiB leaves room for a processor entry per vCPU.
 pub const MPTABLE_START: u64 = 0xf_0000;
@@ -55,6 +60,10 @@ pub const APIC_START: u64 = 0xfee0_0000;
 pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
 /// KVM's identity-map page for real-mode emulation (the page before the TSS).
 pub const KVM_IDENTITY_MAP_ADDRESS: u64 = 0xfffb_c000;
+
+// The 64-bit boot stack grows down from between the zero page and the page tables.
+const _: () =
+    assert!(BOOT_STACK_POINTER < PML4_START && BOOT_STACK_POINTER > ZERO_PAGE_START + 0x1000);
 
 /// RAM ranges `(start, len)` for a guest of `memory_bytes`: below the MMIO hole, and the rest above
 /// 4 GiB.
@@ -93,12 +102,12 @@ mod tests {
             (PDE_START, 0x1000),
             (CMDLINE_START, CMDLINE_MAX_SIZE as u64),
             (EBDA_START, LOW_MEMORY_END - EBDA_START),
+            (ACPI_START, MPTABLE_START - ACPI_START),
             (MPTABLE_START, BIOS_AREA_END - MPTABLE_START),
         ];
         regions.sort();
         for pair in regions.windows(2) {
             assert!(pair[0].0 + pair[0].1 <= pair[1].0, "{pair:x?}");
         }
-        assert!(BOOT_STACK_POINTER < PML4_START && BOOT_STACK_POINTER > ZERO_PAGE_START + 0x1000);
     }
 }

@@ -1,6 +1,6 @@
 //! The guest's memory map, as e820 entries (Linux boot protocol) and PVH memmap entries.
 
-use super::layout::{ram_ranges, EBDA_START, HIGH_MEMORY_START};
+use super::layout::{ram_ranges, BIOS_AREA_END, BIOS_AREA_START, EBDA_START, HIGH_MEMORY_START};
 
 /// e820 / PVH type: usable RAM.
 pub const E820_RAM: u32 = 1;
@@ -16,8 +16,8 @@ pub struct MemoryMapEntry {
 }
 
 /// The memory map of a guest with `memory_bytes` of RAM:
-/// conventional memory up to the EBDA, the EBDA (holding the MP table) reserved, the 640K-1M hole
-/// left out, RAM from 1 MiB to the MMIO hole, and the remainder above 4 GiB.
+/// conventional memory up to the EBDA, the EBDA reserved, the BIOS area (ACPI tables, MP table)
+/// reserved, RAM from 1 MiB to the MMIO hole, and the remainder above 4 GiB.
 pub fn memory_map(memory_bytes: u64) -> Vec<MemoryMapEntry> {
     let mut map = vec![
         MemoryMapEntry {
@@ -28,6 +28,11 @@ pub fn memory_map(memory_bytes: u64) -> Vec<MemoryMapEntry> {
         MemoryMapEntry {
             addr: EBDA_START,
             size: super::layout::LOW_MEMORY_END - EBDA_START,
+            kind: E820_RESERVED,
+        },
+        MemoryMapEntry {
+            addr: BIOS_AREA_START,
+            size: BIOS_AREA_END - BIOS_AREA_START,
             kind: E820_RESERVED,
         },
     ];
@@ -64,6 +69,11 @@ mod tests {
                 MemoryMapEntry {
                     addr: 0x9fc00,
                     size: 0x400,
+                    kind: E820_RESERVED
+                },
+                MemoryMapEntry {
+                    addr: 0xe0000,
+                    size: 0x20000,
                     kind: E820_RESERVED
                 },
                 MemoryMapEntry {

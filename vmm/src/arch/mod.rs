@@ -4,6 +4,7 @@
 //! Everything here computes values or writes guest memory through `vm-memory`; the ioctls that
 //! install CPU state live in `vstate`.
 
+pub mod acpi;
 pub mod boot;
 pub mod cpuid;
 pub mod gdt;

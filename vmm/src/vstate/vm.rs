@@ -31,7 +31,9 @@ pub struct Vm {
 }
 
 impl Vm {
-    /// Creates the VM with in-kernel irqchip and PIT, and registers `memory` with it.
+    /// Creates the VM with in-kernel irqchip and PIT. `memory` is registered separately with
+    /// [`Self::register_memory_slots`], so that the caller can overlap that slow ioctl (KVM waits
+    /// for an SRCU grace period on every memslot change) with other start-up work.
     pub fn new(kvm: &Kvm, memory: GuestMemoryMmap) -> Result<Self, VmError> {
         let fd = kvm.create_vm().map_err(VmError::Create)?;
         let setup = |what| move |source| VmError::Setup { what, source };
@@ -45,8 +47,12 @@ impl Vm {
             ..Default::default()
         };
         fd.create_pit2(pit).map_err(setup("in-kernel PIT"))?;
-        register_memory_slots(&fd, &memory)?;
         Ok(Self { fd, memory })
+    }
+
+    /// Registers the guest memory with KVM; must complete before any vCPU runs.
+    pub fn register_memory_slots(&self) -> Result<(), VmError> {
+        Ok(register_memory_slots(&self.fd, &self.memory)?)
     }
 
     /// Routes `evt` to guest interrupt line `gsi` in the kernel (no exit to user space).

@@ -1,0 +1,2 @@
+# Non-flake entry point: `imports = [ ./path/to/nixos ];`
+import ./module.nix
