@@ -328,3 +328,59 @@ fn test_unwritable_state_dir_is_explained() {
         );
     }
 }
+
+#[test]
+fn test_group_member_uses_state_dir_without_root() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipping: setting up another user's group membership needs root");
+        return;
+    }
+    let env = Env::new(&[("fast", "exit", "")]);
+    for path in [
+        env.root.clone(),
+        env.root.join("spec"),
+        env.root.join("spec/units"),
+    ] {
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    // A state dir as an admin would set it up: root-owned, group "hypervisor" (gid 4242 here), 2770.
+    let state = env.root.join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::os::unix::fs::chown(&state, Some(0), Some(4242)).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o2770)).unwrap();
+    let output = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--groups=4242",
+            env!("CARGO_BIN_EXE_hv-compute"),
+        ])
+        .env("HV_SPEC_DIR", env.root.join("spec"))
+        .env("HV_STATE_DIR", &state)
+        .env("HV_VMM_BIN", &env.vmm)
+        .args(["launch", "fast"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout(&output).starts_with("fast.0: guest ready after "));
+    // Everything created is usable by the group, nothing by others.
+    use std::os::unix::fs::MetadataExt;
+    for file in [
+        "state.db",
+        "instances/fast.0",
+        "instances/fast.0/serial.log",
+    ] {
+        let meta = std::fs::metadata(state.join(file)).unwrap();
+        assert_eq!(meta.gid(), 4242, "{file} stays in the group (setgid dir)");
+        assert_eq!(
+            meta.mode() & 0o060,
+            0o060,
+            "{file}: group can read and write"
+        );
+        assert_eq!(meta.mode() & 0o007, 0, "{file}: others get nothing");
+    }
+}
