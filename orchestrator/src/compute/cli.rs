@@ -386,14 +386,7 @@ fn dispatch(cli: Cli, started: std::time::Instant) -> Result<ExitCode, CliError>
             if global.json {
                 print_json(&serde_json::json!({ "instance": record, "vm": live }));
             } else {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&record).unwrap_or_default()
-                );
-                match live {
-                    Some(vm) => println!("hv-vmm reports: {vm}"),
-                    None => println!("hv-vmm API: not reachable"),
-                }
+                print_status(&record, live.as_ref());
             }
         }
         Command::Stop { targets, timeout } => {
@@ -488,6 +481,48 @@ fn dispatch(cli: Cli, started: std::time::Instant) -> Result<ExitCode, CliError>
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn print_status(record: &crate::store::InstanceRecord, live: Option<&serde_json::Value>) {
+    let ms =
+        |us: Option<u64>| us.map_or("-".to_owned(), |us| format!("{:.2} ms", us as f64 / 1000.0));
+    let pid = |pid: Option<u32>| pid.map_or("-".to_owned(), |p| p.to_string());
+    let stop = if record.stop_requested {
+        " (stop requested)"
+    } else {
+        ""
+    };
+    println!(
+        "instance    {} (unit {}, revision {})",
+        record.id, record.unit, record.unit_revision
+    );
+    println!(
+        "state       {}{stop}",
+        format!("{:?}", record.state).to_lowercase()
+    );
+    println!("boot time   {}", ms(record.boot_time_us));
+    println!("restarts    {}", record.restarts);
+    println!(
+        "exit code   {}",
+        record
+            .last_exit_code
+            .map_or("-".to_owned(), |c| c.to_string())
+    );
+    println!(
+        "last error  {}",
+        record.last_error.as_deref().unwrap_or("-")
+    );
+    println!(
+        "pids        supervisor {}, hv-vmm {}",
+        pid(record.supervisor_pid),
+        pid(record.vmm_pid)
+    );
+    println!("api socket  {}", record.api_socket);
+    println!("serial log  {}", record.serial_log);
+    match live {
+        Some(vm) => println!("hv-vmm      {vm}"),
+        None => println!("hv-vmm      API not reachable"),
+    }
 }
 
 fn units(global: &Global) -> Result<(), CliError> {

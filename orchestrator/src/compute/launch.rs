@@ -432,6 +432,18 @@ pub fn launch(
             Notice::Failed(message) => outcome.error = Some(message),
         }
     }
+    // The supervisors tell us before they write the store; record what we saw so that a `status`
+    // right after `launch` agrees with it (a no-op when the supervisor got there first or moved on).
+    for outcome in &outcomes {
+        if let Some(boot_us) = outcome.boot_time_us {
+            let _ = state.store.update_instance(&outcome.instance, &mut |r| {
+                if r.state == InstanceState::Starting {
+                    r.state = InstanceState::Running;
+                    r.boot_time_us = Some(boot_us);
+                }
+            });
+        }
+    }
     for outcome in outcomes
         .iter_mut()
         .filter(|o| o.ready_us.is_none() && o.error.is_none())
