@@ -54,6 +54,12 @@ pub enum CliError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{path} already exists; pass --force to replace it")]
     Exists { path: String },
     #[error("no instance or unit named {target:?} (see `hv-compute list`)")]
@@ -314,16 +320,10 @@ fn dispatch(cli: Cli, started: std::time::Instant) -> Result<ExitCode, CliError>
             let mut plans = Vec::new();
             for unit in &units {
                 let resolution = resolve_unit(&catalog, unit)?;
-                let spec_text = std::fs::read_to_string(
-                    &catalog
-                        .unit(unit)
-                        .map_err(|source| CliError::Catalog {
-                            dir: global.spec_dir.clone(),
-                            source: Box::new(source),
-                        })?
-                        .path,
-                )
-                .unwrap_or_default();
+                // The exact file text is what the store keeps as the unit's revision.
+                let path = PathBuf::from(&resolution.file);
+                let spec_text = std::fs::read_to_string(&path)
+                    .map_err(|source| CliError::Read { path, source })?;
                 plans.push((resolution.resolved, spec_text));
             }
             launch::phase(started, "units resolved");
