@@ -176,6 +176,14 @@ enum Command {
 /// Entry point shared by `hv-compute` and `hv compute`.
 pub fn run(args: Vec<OsString>) -> ExitCode {
     let started = std::time::Instant::now();
+    // Errors carry the name we were called by: `hv-compute`, `hv-compose`, or `hv` for `hv compute`.
+    let program = args
+        .first()
+        .and_then(|arg0| Path::new(arg0).file_name())
+        .map_or_else(
+            || "hv-compute".to_owned(),
+            |name| name.to_string_lossy().into_owned(),
+        );
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(error) => {
@@ -190,15 +198,15 @@ pub fn run(args: Vec<OsString>) -> ExitCode {
     match dispatch(cli, started) {
         Ok(code) => code,
         Err(error) => {
-            report(&error);
+            report(&program, &error);
             ExitCode::FAILURE
         }
     }
 }
 
 /// Prints the error and its causes on one line: `hv-compute: a: b: c`.
-fn report(error: &dyn std::error::Error) {
-    let mut line = format!("hv-compute: {error}");
+fn report(program: &str, error: &dyn std::error::Error) {
+    let mut line = format!("{program}: {error}");
     let mut cause = error.source();
     while let Some(inner) = cause {
         line.push_str(&format!(": {inner}"));
