@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use hv_benches::process::{
-    hv_vmm_binary, memory_use, on_path, start_until_marker, time_run, MemoryUse, RunTiming,
+    hv_vmm_binaries, memory_use, on_path, start_until_marker, time_run, MemoryUse, RunTiming,
 };
 use hv_benches::stats::{ms, summarize};
 
@@ -49,15 +49,18 @@ fn row(name: &str, runs: &[RunTiming]) -> String {
     let ready: Vec<Duration> = runs.iter().map(|r| r.ready).collect();
     let exits: Vec<Duration> = runs.iter().filter_map(|r| r.exit).collect();
     let r = summarize(&ready).expect("at least one run");
+    let cpu: Vec<Duration> = runs.iter().map(|r| r.cpu).collect();
+    let cpu = summarize(&cpu).expect("at least one run");
     let exit = summarize(&exits)
         .map(|e| format!("{} ({}–{})", ms(e.median), ms(e.p10), ms(e.p90)))
         .unwrap_or_else(|| "does not exit (no i8042)".into());
     format!(
-        "| {name} | {} | {} ({}–{}) | {exit} |",
+        "| {name} | {} | {} ({}–{}) | {exit} | {} |",
         r.count,
         ms(r.median),
         ms(r.p10),
-        ms(r.p90)
+        ms(r.p90),
+        ms(cpu.median)
     )
 }
 
@@ -107,10 +110,11 @@ fn main() {
             .and_then(|v| v.parse().ok())
             .unwrap_or(30)
     };
-    let Some(hv) = hv_vmm_binary() else {
+    let hv_builds = hv_vmm_binaries();
+    if hv_builds.is_empty() {
         eprintln!("hv-vmm release binary not found: run `cargo build --release -p hv-vmm` first (or set HV_VMM_BIN)");
         std::process::exit(if quick { 0 } else { 1 });
-    };
+    }
     let qemu = on_path("qemu-system-x86_64");
     let dir = tempfile::tempdir().expect("temporary directory");
     let write_guest = |name: &str| {
@@ -122,12 +126,14 @@ fn main() {
     let hello = write_guest("hello");
     let halt = write_guest("halt");
 
-    let mut hv_runs = Vec::new();
+    let mut hv_runs: Vec<Vec<RunTiming>> = vec![Vec::new(); hv_builds.len()];
     let mut qemu_runs = Vec::new();
     for _ in 0..iterations {
-        match time_run(hv_vmm_command(&hv, &hello), "RDY", true) {
-            Ok(t) => hv_runs.push(t),
-            Err(e) => panic!("hv-vmm: {e}"),
+        for ((label, bin), runs) in hv_builds.iter().zip(hv_runs.iter_mut()) {
+            match time_run(hv_vmm_command(bin, &hello), "RDY", true) {
+                Ok(t) => runs.push(t),
+                Err(e) => panic!("{label}: {e}"),
+            }
         }
         if let Some(q) = &qemu {
             match time_run(qemu_command(q, &hello), "RDY", false) {
@@ -138,30 +144,33 @@ fn main() {
     }
 
     println!("### Boot: exec → guest prints RDY → process exit (ms, median (p10–p90))\n");
-    println!("| VMM | runs | exec → RDY | exec → exit |");
-    println!("|---|---|---|---|");
-    println!("{}", row("hv-vmm", &hv_runs));
+    println!("| VMM | runs | exec → RDY | exec → exit | CPU time (user+sys) |");
+    println!("|---|---|---|---|---|");
+    for ((label, _), runs) in hv_builds.iter().zip(&hv_runs) {
+        println!("{}", row(label, runs));
+    }
     match &qemu {
         Some(_) => println!("{}", row("QEMU -M microvm", &qemu_runs)),
-        None => println!("| QEMU -M microvm | 0 | qemu-system-x86_64 not installed | |"),
+        None => println!("| QEMU -M microvm | 0 | qemu-system-x86_64 not installed | | |"),
     }
-    if let (Some(hv_r), Some(q_r)) = (
-        summarize(&hv_runs.iter().map(|r| r.ready).collect::<Vec<_>>()),
-        summarize(&qemu_runs.iter().map(|r| r.ready).collect::<Vec<_>>()),
-    ) {
-        println!(
-            "\nhv-vmm reaches RDY in {:.1}% of QEMU microvm's time (median).",
-            100.0 * hv_r.median.as_secs_f64() / q_r.median.as_secs_f64()
-        );
+    let qemu_ready = summarize(&qemu_runs.iter().map(|r| r.ready).collect::<Vec<_>>());
+    for ((label, _), runs) in hv_builds.iter().zip(&hv_runs) {
+        let hv_ready = summarize(&runs.iter().map(|r| r.ready).collect::<Vec<_>>());
+        if let (Some(hv_r), Some(q_r)) = (hv_ready, qemu_ready) {
+            println!(
+                "\n{label} reaches RDY in {:.1}% of QEMU microvm's time (median).",
+                100.0 * hv_r.median.as_secs_f64() / q_r.median.as_secs_f64()
+            );
+        }
     }
 
     println!("\n### Resident memory outside guest RAM, 1 vCPU / 128 MiB, guest halted (MiB)\n");
     println!("| VMM | RSS outside guest RAM | of which private | guest RAM resident (KiB) |");
     println!("|---|---|---|---|");
-    println!(
-        "{}",
-        memory_row("hv-vmm", measure_memory(hv_vmm_command(&hv, &halt), "HALT"))
-    );
+    for (label, bin) in &hv_builds {
+        let measured = measure_memory(hv_vmm_command(bin, &halt), "HALT");
+        println!("{}", memory_row(label, measured));
+    }
     if let Some(q) = &qemu {
         println!(
             "{}",

@@ -12,6 +12,21 @@ pub struct RunTiming {
     pub ready: Duration,
     /// Until the process exited (`None` if it had to be killed, e.g. QEMU microvm has no i8042).
     pub exit: Option<Duration>,
+    /// CPU time (user + system) the process used, from the children's rusage.
+    pub cpu: Duration,
+}
+
+fn children_cpu_time() -> Duration {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_CHILDREN)
+        .map(|u| {
+            let user = u.user_time();
+            let system = u.system_time();
+            let micros =
+                (user.tv_sec() + system.tv_sec()) * 1_000_000 + user.tv_usec() + system.tv_usec();
+            Duration::from_micros(micros.max(0) as u64)
+        })
+        .unwrap_or_default()
 }
 
 /// Errors running a VMM under measurement.
@@ -40,6 +55,7 @@ pub fn time_run(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
+    let cpu_before = children_cpu_time();
     let start = Instant::now();
     let mut child = command.spawn().map_err(RunError::Spawn)?;
     let mut stdout = child.stdout.take().ok_or(RunError::NoMarker {
@@ -72,7 +88,11 @@ pub fn time_run(
         let _ = child.wait();
         None
     };
-    Ok(RunTiming { ready, exit })
+    Ok(RunTiming {
+        ready,
+        exit,
+        cpu: children_cpu_time().saturating_sub(cpu_before),
+    })
 }
 
 /// Resident memory of a process split into guest RAM and everything else, from /proc/PID/smaps.
@@ -101,7 +121,10 @@ fn field_kib(line: &str, name: &str) -> Option<u64> {
         .ok()
 }
 
-/// Splits smaps text into guest RAM (the first mapping of exactly `guest_kib`) and the rest.
+/// Splits smaps text into guest RAM and the rest. The guest RAM mapping is the first anonymous
+/// mapping between `guest_kib` and `guest_kib` + 4 MiB: the kernel merges an adjacent anonymous
+/// mapping (a malloc arena, typically 132 KiB) into the same VMA, and that neighbour's few
+/// resident pages are then counted as guest RAM.
 pub fn parse_smaps(smaps: &str, guest_kib: u64) -> MemoryUse {
     let mut result = MemoryUse {
         overhead_rss_kib: 0,
@@ -112,7 +135,7 @@ pub fn parse_smaps(smaps: &str, guest_kib: u64) -> MemoryUse {
     let mut guest_found = false;
     for line in smaps.lines() {
         if let Some(size) = field_kib(line, "Size:") {
-            in_guest = !guest_found && size == guest_kib;
+            in_guest = !guest_found && (guest_kib..=guest_kib + 4096).contains(&size);
             guest_found |= in_guest;
         } else if let Some(rss) = field_kib(line, "Rss:") {
             if in_guest {
@@ -131,15 +154,32 @@ pub fn parse_smaps(smaps: &str, guest_kib: u64) -> MemoryUse {
     result
 }
 
-/// `hv-vmm` to measure: `HV_VMM_BIN`, else `target/release/hv-vmm` next to this bench executable.
-pub fn hv_vmm_binary() -> Option<PathBuf> {
+/// The `hv-vmm` builds to measure, with a label: `HV_VMM_BIN` alone if set; else the default
+/// release build next to this bench executable (`target/release/hv-vmm`, glibc linked
+/// dynamically) and, if `scripts/bench.sh` built it, the static build
+/// (`target/x86_64-unknown-linux-gnu/release/hv-vmm`, `-C target-feature=+crt-static`).
+pub fn hv_vmm_binaries() -> Vec<(String, PathBuf)> {
     if let Some(path) = std::env::var_os("HV_VMM_BIN") {
-        return Some(PathBuf::from(path));
+        return vec![("hv-vmm".into(), PathBuf::from(path))];
     }
-    let exe = std::env::current_exe().ok()?;
-    // target/release/deps/<bench> -> target/release/hv-vmm
-    let candidate = exe.parent()?.parent()?.join("hv-vmm");
-    candidate.exists().then_some(candidate)
+    let Some(release_dir) = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.to_path_buf()))
+    else {
+        return Vec::new();
+    };
+    let candidates = [
+        ("hv-vmm", release_dir.join("hv-vmm")),
+        (
+            "hv-vmm (static)",
+            release_dir.join("../x86_64-unknown-linux-gnu/release/hv-vmm"),
+        ),
+    ];
+    candidates
+        .into_iter()
+        .filter(|(_, path)| path.exists())
+        .map(|(label, path)| (label.to_string(), path))
+        .collect()
 }
 
 /// A program on PATH.
@@ -199,7 +239,7 @@ Rss:                  80 kB
 Private_Clean:        10 kB
 Private_Dirty:         5 kB
 7f00-7f10 rw-p 00000000 00:00 0
-Size:             131072 kB
+Size:             131204 kB
 Rss:                  12 kB
 Private_Clean:         0 kB
 Private_Dirty:        12 kB

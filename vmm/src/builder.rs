@@ -102,6 +102,8 @@ pub struct RunningVm {
     /// Kept alive for the VM's lifetime (owns the memory the vCPUs run in).
     pub vm: Vm,
     pub vcpu_threads: Vec<JoinHandle<()>>,
+    /// The vCPU file descriptors (owned by the vCPU threads), for the teardown hand-off.
+    pub vcpu_fds: Vec<std::os::fd::RawFd>,
     pub control: Arc<RunControl>,
     pub events: Receiver<VmmEvent>,
     /// For the VMM's own event sources (signals, API).
@@ -341,6 +343,10 @@ pub fn build_and_start(config: VmConfig, clock: ProcessClock) -> Result<RunningV
         prepared
     })?;
 
+    let vcpu_fds = vcpus
+        .iter()
+        .map(|v| std::os::fd::AsRawFd::as_raw_fd(&v.fd))
+        .collect();
     let mut vcpu_threads = Vec::with_capacity(vcpus.len());
     for vcpu in vcpus {
         let index = vcpu.index;
@@ -356,6 +362,7 @@ pub fn build_and_start(config: VmConfig, clock: ProcessClock) -> Result<RunningV
         config,
         vm,
         vcpu_threads,
+        vcpu_fds,
         control: wiring.control,
         events,
         event_sender: wiring.events,

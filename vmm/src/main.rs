@@ -167,7 +167,11 @@ fn run(args: RunArgs, clock: ProcessClock) -> ExitCode {
         api.remove();
     }
     // Leave without unwinding the VM: vCPU threads may be inside KVM_RUN, and the kernel frees the
-    // VM, its memory and the threads faster than joining them would.
+    // VM, its memory and the threads faster than joining them would. The VM's own destruction is
+    // handed to a short-lived child so that it does not delay this exit.
+    if std::env::var_os("HV_VMM_SYNC_TEARDOWN").is_none() {
+        hv_vmm::vstate::teardown::detach_vm_teardown(&vm.vm, &vm.vcpu_fds);
+    }
     std::process::exit(reason.exit_code());
 }
 

@@ -4,5 +4,6 @@
 
 pub mod kvm;
 pub mod memory;
+pub mod teardown;
 pub mod vcpu;
 pub mod vm;
