@@ -41,21 +41,21 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse_from(rewrite_removals(std::env::args_os()));
+    // `hv compute ...` is exactly `hv-compute ...`: hand it over before parsing anything.
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(args) = hv_orchestrator::compute::cli::args_from_hv(&raw) {
+        return hv_orchestrator::compute::cli::run(args);
+    }
+    let cli = Cli::parse_from(rewrite_removals(raw));
     let result = match &cli.command {
         Command::Detect => run_detect(&cli.globals),
         Command::Features { command } => run_features(command, &cli.globals),
+        // Handled above by `args_from_hv`; reaching this arm means the words could not be
+        // separated (e.g. an option value that looks like `compute`).
         Command::Compute { args } => {
-            // TODO(lead): once the compute branch is merged, replace this arm with
-            // `hv_orchestrator::compute::cli::run(args.clone())` and map its result.
-            // Everything after the first compute word arrives raw in `args` (`--help` too);
-            // hv's global options written *before* it (`hv compute --json ...`) are parsed
-            // into `cli.globals`, so forward `--json` / `--state-dir` from there if needed.
-            eprintln!(
-                "error: `hv compute {}` is not part of this build yet (compute CLI not merged)",
-                args.join(" ")
-            );
-            return ExitCode::from(2);
+            let mut forwarded = vec![std::ffi::OsString::from("hv")];
+            forwarded.extend(args.iter().map(std::ffi::OsString::from));
+            return hv_orchestrator::compute::cli::run(forwarded);
         }
     };
     match result {

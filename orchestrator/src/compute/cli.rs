@@ -81,7 +81,7 @@ struct Cli {
 /// Flags accepted anywhere on the command line.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Global {
-    /// State directory (store, instance sockets and logs) [default: /var/lib/hv]
+    /// State directory (store, instance sockets and logs) [default: /var/lib/hypervisor]
     #[arg(long, global = true, env = "HV_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Spec directory holding units/, tags/, policies/, blueprints/, components/
@@ -627,4 +627,85 @@ fn import(
         }
     }
     Ok(())
+}
+
+/// hv's global options that take a value (they may stand before `compute` in `hv ... compute`).
+const HV_VALUE_OPTIONS: [&str; 4] = [
+    "--state-dir",
+    "--config-dir",
+    "--host-root",
+    "--nix-instantiate",
+];
+
+/// For `hv [globals] compute <args>`: the argument list for [`run`], with the globals the compute
+/// CLI shares (`--state-dir`, `--json`) carried over; `None` when the command is not `compute`.
+pub fn args_from_hv(raw: &[OsString]) -> Option<Vec<OsString>> {
+    let mut carried = Vec::new();
+    let mut i = 1;
+    while i < raw.len() {
+        let arg = raw[i].to_string_lossy();
+        if arg == "compute" {
+            let mut args = vec![raw.first().cloned().unwrap_or_else(|| "hv".into())];
+            args.extend(carried);
+            args.extend(raw[i + 1..].iter().cloned());
+            return Some(args);
+        }
+        if !arg.starts_with('-') {
+            return None; // another subcommand
+        }
+        let shared = arg == "--json" || arg.starts_with("--state-dir");
+        let takes_value = HV_VALUE_OPTIONS.contains(&arg.as_ref());
+        if shared {
+            carried.push(raw[i].clone());
+        }
+        if takes_value {
+            if let Some(value) = raw.get(i + 1) {
+                if shared {
+                    carried.push(value.clone());
+                }
+            }
+            i += 1;
+        }
+        i += 1;
+    }
+    None
+}
+
+#[cfg(test)]
+mod hv_dispatch_tests {
+    use super::*;
+
+    fn os(args: &[&str]) -> Vec<OsString> {
+        args.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn test_args_from_hv_carries_shared_globals_and_drops_others() {
+        let raw = os(&[
+            "hv",
+            "--state-dir",
+            "/s",
+            "--config-dir",
+            "/c",
+            "--json",
+            "compute",
+            "list",
+        ]);
+        assert_eq!(
+            args_from_hv(&raw).unwrap(),
+            os(&["hv", "--state-dir", "/s", "--json", "list"])
+        );
+        let raw = os(&["hv", "--state-dir=/s", "compute", "launch", "u", "--json"]);
+        assert_eq!(
+            args_from_hv(&raw).unwrap(),
+            os(&["hv", "--state-dir=/s", "launch", "u", "--json"])
+        );
+    }
+
+    #[test]
+    fn test_args_from_hv_ignores_other_subcommands() {
+        assert!(args_from_hv(&os(&["hv", "features", "compute"])).is_none());
+        assert!(args_from_hv(&os(&["hv", "--json", "detect"])).is_none());
+        assert!(args_from_hv(&os(&["hv"])).is_none());
+    }
 }

@@ -12,7 +12,8 @@ use nix::unistd::{access, AccessFlags, Gid, Group, Uid, User};
 use crate::store::{SqliteStore, StoreError};
 
 /// Where state lives when neither `--state-dir` nor `HV_STATE_DIR` is given.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/hv";
+/// The same default as `hv` (the feature manager), so both share one state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/hypervisor";
 /// The group that grants VM operations without root.
 pub const HYPERVISOR_GROUP: &str = "hypervisor";
 
