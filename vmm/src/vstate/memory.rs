@@ -18,6 +18,8 @@ pub enum MemoryError {
     },
     #[error("guest memory of {bytes} bytes is too small: at least {min_mib} MiB is needed for the boot tables")]
     TooSmall { bytes: u64, min_mib: u64 },
+    #[error("guest memory region at {guest_addr:#x} has no host mapping")]
+    NoHostMapping { guest_addr: u64 },
     #[error("KVM refused memory slot {slot} at {guest_addr:#x}")]
     SetSlot {
         slot: u32,
@@ -55,10 +57,7 @@ pub fn register_memory_slots(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), Mem
         let guest_addr = region.start_addr().raw_value();
         let host_addr = region
             .get_host_address(vm_memory::MemoryRegionAddress(0))
-            .map_err(|_| MemoryError::TooSmall {
-                bytes: 0,
-                min_mib: MIN_MEMORY_BYTES >> 20,
-            })?;
+            .map_err(|_| MemoryError::NoHostMapping { guest_addr })?;
         let slot_info = kvm_userspace_memory_region {
             slot,
             flags: 0,
