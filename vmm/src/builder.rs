@@ -238,7 +238,7 @@ struct Prepared {
     api: Option<ApiSocket>,
 }
 
-/// Everything that can happen while the memory slots are being registered.
+/// Kernel, boot tables, devices, API and configured vCPUs.
 fn prepare_vcpus_and_devices(
     vm: &Vm,
     config: &VmConfig,
@@ -312,7 +312,7 @@ pub fn build_and_start(config: VmConfig, clock: ProcessClock) -> Result<RunningV
         (vm, cpuid)
     });
     let (vm, cpuid) = (vm?, cpuid?);
-    trace.phase("VM, irqchip, PIT, supported CPUID");
+    trace.phase("VM, memory slots, irqchip, PIT, supported CPUID");
     let (event_sender, events) = channel();
     let wiring = Wiring {
         events: event_sender,
@@ -322,26 +322,7 @@ pub fn build_and_start(config: VmConfig, clock: ProcessClock) -> Result<RunningV
         trace,
     };
 
-    // The memory-slot ioctl waits for a kernel grace period (milliseconds on a busy host); run it
-    // beside everything else that does not need guest memory registered: loading the kernel
-    // (written through our own mapping), devices, CPUID, vCPU creation.
-    let Prepared { vcpus, serial, api } = std::thread::scope(|scope| {
-        let slots = std::thread::Builder::new()
-            .name("hv-memslots".into())
-            .stack_size(64 * 1024)
-            .spawn_scoped(scope, || vm.register_memory_slots())
-            .map_err(|source| BuildError::Device {
-                what: "memory-slot thread",
-                source,
-            })?;
-        let prepared = prepare_vcpus_and_devices(&vm, &config, &cpuid, &wiring);
-        let registered = slots
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        wiring.trace.phase("memory slots registered");
-        registered?;
-        prepared
-    })?;
+    let Prepared { vcpus, serial, api } = prepare_vcpus_and_devices(&vm, &config, &cpuid, &wiring)?;
 
     let vcpu_fds = vcpus
         .iter()

@@ -39,7 +39,6 @@ fn test_vcpu_thread_panic_becomes_failure_with_register_dump() {
     let memory_bytes = 16 << 20;
     let kvm = open_kvm().unwrap();
     let vm = Vm::new(&kvm, create_guest_memory(memory_bytes).unwrap()).unwrap();
-    vm.register_memory_slots().unwrap();
     let loaded = load_kernel(&vm.memory, memory_bytes, &kernel).unwrap();
     assert_eq!(loaded.protocol, BootProtocol::Pvh);
     write_pvh_start_info(&vm.memory, None, &memory_map(memory_bytes), 0).unwrap();
