@@ -281,8 +281,38 @@ fn prepare_vcpus_and_devices(
     Ok(Prepared { vcpus, serial, api })
 }
 
+/// `KVM_GET_SUPPORTED_CPUID` takes about 0.7 ms here, longer than creating the VM: fetch it on a
+/// thread of its own from the very start of `main`, beside argument parsing and VM creation.
+#[derive(Debug)]
+pub struct CpuidPrefetch(Option<JoinHandle<Result<kvm_bindings::CpuId, BuildError>>>);
+
+impl CpuidPrefetch {
+    /// Starts the fetch (with its own `/dev/kvm` handle).
+    pub fn start() -> Self {
+        let thread = std::thread::Builder::new()
+            .name("hv-cpuid".into())
+            .stack_size(64 * 1024)
+            .spawn(|| Ok(supported_cpuid(&open_kvm()?)?));
+        Self(thread.ok())
+    }
+
+    /// The prefetched CPUID, or a fresh fetch through `kvm` if the prefetch could not run.
+    fn wait(self, kvm: &kvm_ioctls::Kvm) -> Result<kvm_bindings::CpuId, BuildError> {
+        match self.0.map(JoinHandle::join) {
+            Some(Ok(Ok(cpuid))) => Ok(cpuid),
+            Some(Err(panic)) => std::panic::resume_unwind(panic),
+            // The prefetch failed (e.g. /dev/kvm raced away): ask again to report the error here.
+            Some(Ok(Err(_))) | None => Ok(supported_cpuid(kvm)?),
+        }
+    }
+}
+
 /// Builds the VM described by `config` and starts its vCPUs.
-pub fn build_and_start(config: VmConfig, clock: ProcessClock) -> Result<RunningVm, BuildError> {
+pub fn build_and_start(
+    config: VmConfig,
+    clock: ProcessClock,
+    cpuid: CpuidPrefetch,
+) -> Result<RunningVm, BuildError> {
     let trace = StartupTrace::new(clock);
     trace.phase("main");
     let kvm = open_kvm()?;
@@ -294,25 +324,10 @@ pub fn build_and_start(config: VmConfig, clock: ProcessClock) -> Result<RunningV
             max: max_vcpus,
         });
     }
-    // KVM_GET_SUPPORTED_CPUID is slow here (about a millisecond); ask for it beside creating the VM.
-    let (vm, cpuid) = std::thread::scope(|scope| {
-        let cpuid = std::thread::Builder::new()
-            .name("hv-cpuid".into())
-            .stack_size(64 * 1024)
-            .spawn_scoped(scope, || supported_cpuid(&kvm));
-        let vm = create_guest_memory(config.memory_bytes)
-            .map_err(BuildError::from)
-            .and_then(|memory| Ok(Vm::new(&kvm, memory)?));
-        let cpuid = match cpuid {
-            Ok(thread) => thread
-                .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p)),
-            Err(_) => supported_cpuid(&kvm),
-        };
-        (vm, cpuid)
-    });
-    let (vm, cpuid) = (vm?, cpuid?);
-    trace.phase("VM, memory slots, irqchip, PIT, supported CPUID");
+    let vm = Vm::new(&kvm, create_guest_memory(config.memory_bytes)?)?;
+    trace.phase("VM, memory slots, irqchip, PIT");
+    let cpuid = cpuid.wait(&kvm)?;
+    trace.phase("supported CPUID");
     let (event_sender, events) = channel();
     let wiring = Wiring {
         events: event_sender,

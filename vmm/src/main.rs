@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use hv_vmm::builder::{build_and_start, RunningVm};
+use hv_vmm::builder::{build_and_start, CpuidPrefetch, RunningVm};
 use hv_vmm::clock::ProcessClock;
 use hv_vmm::config::{ByteSize, SerialMode, VmConfigFile};
 use hv_vmm::event::VmmEvent;
@@ -121,6 +121,13 @@ fn spawn_signal_thread(vm: &RunningVm) -> std::io::Result<()> {
 }
 
 fn run(args: RunArgs, clock: ProcessClock) -> ExitCode {
+    // Block SIGTERM/SIGINT before any thread exists, so every thread inherits the mask and the
+    // signal thread alone receives them.
+    if let Err(e) = termination_signals().thread_block() {
+        report(&e);
+        return ExitCode::from(EXIT_VMM_ERROR);
+    }
+    let cpuid = CpuidPrefetch::start();
     let config = match args.into_config_file().and_then(|f| f.into_vm_config()) {
         Ok(config) => config,
         Err(e) => {
@@ -128,11 +135,7 @@ fn run(args: RunArgs, clock: ProcessClock) -> ExitCode {
             return ExitCode::from(EXIT_VMM_ERROR);
         }
     };
-    if let Err(e) = termination_signals().thread_block() {
-        report(&e);
-        return ExitCode::from(EXIT_VMM_ERROR);
-    }
-    let vm = match build_and_start(config, clock) {
+    let vm = match build_and_start(config, clock, cpuid) {
         Ok(vm) => vm,
         Err(e) => {
             report(&e);
