@@ -63,6 +63,9 @@ enum Command {
         /// Mover copy budget in MiB/s (0 disables the mover).
         #[arg(long, default_value_t = 256)]
         move_budget_mib: u64,
+        /// How often stats.json is rewritten, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        stats_interval_ms: u64,
     },
     /// Capacity, use and hit ratio per tier.
     Tiers {
@@ -169,6 +172,7 @@ fn run(cli: Cli) -> Result<(), String> {
             mover_tick_ms,
             half_life_secs,
             move_budget_mib,
+            stats_interval_ms,
         } => {
             let policy = policy_by_name(&policy)
                 .ok_or_else(|| format!("unknown policy {policy:?} (decaying-counter, lru)"))?;
@@ -180,7 +184,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 tick: Duration::from_millis(mover_tick_ms.max(1)),
                 half_life: Duration::from_secs_f64(half_life_secs.max(0.001)),
                 budget_bytes_per_sec: move_budget_mib << 20,
-                ..MoverConfig::default()
+                stats_interval: Duration::from_millis(stats_interval_ms),
             };
             let _mover = Mover::start(opened.clone(), policy, config)
                 .map_err(|e| format!("cannot start the mover: {e}"))?;
