@@ -38,6 +38,12 @@ pub enum TierError {
     },
 }
 
+/// Whether `file` lives in RAM already (tmpfs).
+fn is_memory_backed(file: &File) -> bool {
+    use nix::sys::statfs::{fstatfs, TMPFS_MAGIC};
+    fstatfs(file).is_ok_and(|stats| stats.filesystem_type() == TMPFS_MAGIC)
+}
+
 /// An open tier.
 #[derive(Debug)]
 pub struct TierFile {
@@ -83,13 +89,19 @@ impl TierFile {
                 capacity,
             });
         }
-        // EINVAL here means the file system (tmpfs) has no direct I/O: the buffered fd serves alone.
-        let direct = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(path)
-            .ok();
+        // tmpfs gains nothing from O_DIRECT, and io_uring cannot complete direct reads on it inline
+        // (they are punted to worker threads), so it gets the buffered fd only. Elsewhere, EINVAL from
+        // the open means no direct I/O: the buffered fd serves alone.
+        let direct = if is_memory_backed(&buffered) {
+            None
+        } else {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_DIRECT)
+                .open(path)
+                .ok()
+        };
         Ok(TierFile {
             name: name.to_string(),
             path: path.to_path_buf(),

@@ -143,6 +143,8 @@ struct Shared {
     counters: VolumeCounters,
     tier_ios: Vec<AtomicU64>,
     read_only: bool,
+    /// Set by [`Volume::close`]: new writes and moves are refused.
+    closing: AtomicBool,
     _lock: Option<VolumeLock>,
 }
 
@@ -420,6 +422,7 @@ impl Volume {
             heat,
             counters: VolumeCounters::default(),
             read_only,
+            closing: AtomicBool::new(false),
             _lock: lock,
         };
         Volume {
@@ -503,7 +506,7 @@ impl Volume {
 
     /// Resolves a write of `len` bytes at `offset`, allocating extents that were never written.
     pub fn plan_write(&self, offset: u64, len: u64) -> Result<IoPlan, BlockError> {
-        if self.shared.read_only {
+        if self.shared.read_only || self.shared.closing.load(Ordering::SeqCst) {
             return Err(BlockError::ReadOnly);
         }
         check_range(offset, len, self.size())?;
@@ -626,7 +629,7 @@ impl Volume {
 
     /// Unmaps whole extents in the range and zeroes the partial ends.
     fn unmap_range(&self, offset: u64, len: u64) -> Result<(), BlockError> {
-        if self.shared.read_only {
+        if self.shared.read_only || self.shared.closing.load(Ordering::SeqCst) {
             return Err(BlockError::ReadOnly);
         }
         check_range(offset, len, self.size())?;
@@ -671,6 +674,9 @@ impl Volume {
     /// Moves `extent` to `to_tier` (see the module comment for why this never loses a racing write).
     pub fn move_extent(&self, extent: u64, to_tier: u8) -> Result<MoveOutcome, BlockError> {
         let shared = &self.shared;
+        if shared.closing.load(Ordering::SeqCst) {
+            return Ok(MoveOutcome::Skipped);
+        }
         let (from, to) = {
             let mut map = shared.lock_map();
             let entry = *map.entry(extent).map_err(|_| BlockError::NoSpace)?;
@@ -742,6 +748,30 @@ impl Volume {
             }
         }
         Ok(outcome)
+    }
+
+    /// Closes the volume for process exit while other threads may still hold it: refuses new writes and
+    /// moves, waits (up to `timeout`) for in-flight requests, and commits with the clean-close mark so
+    /// the next open trusts changed-block tracking.
+    pub fn close(&self, timeout: std::time::Duration) -> Result<(), BlockError> {
+        let shared = &self.shared;
+        shared.closing.store(true, Ordering::SeqCst);
+        if shared.read_only {
+            return Ok(());
+        }
+        let deadline = std::time::Instant::now() + timeout;
+        while shared
+            .sync
+            .iter()
+            .any(|s| s.inflight.load(Ordering::SeqCst) != 0)
+        {
+            if std::time::Instant::now() > deadline {
+                // Some request is stuck: leave the volume marked unclean rather than lie.
+                return shared.commit(false);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        shared.commit(true)
     }
 
     /// Names a checkpoint for changed-block tracking and commits it.
@@ -1004,6 +1034,42 @@ mod tests {
             volume.read_at(&mut back, block * 4096).unwrap();
             assert_eq!(back, last.to_le_bytes().repeat(1024), "block {block}");
         }
+    }
+
+    #[test]
+    fn test_volume_close_refuses_writes_and_marks_clean() {
+        let dir = tempfile::tempdir().unwrap();
+        let volume = small_volume(dir.path(), 2);
+        volume.write_at(&[3u8; 100], 0).unwrap();
+        volume.checkpoint("c").unwrap();
+        volume.write_at(&[4u8; 100], 5 * 65536).unwrap();
+        volume.close(std::time::Duration::from_secs(1)).unwrap();
+        assert!(matches!(
+            volume.write_at(&[1u8; 10], 0),
+            Err(BlockError::ReadOnly)
+        ));
+        drop(volume);
+        // Clean: only the extent written after the checkpoint counts as changed.
+        let reopened = Volume::open(&dir.path().join("vol"), false).unwrap();
+        assert_eq!(reopened.changed_since("c").unwrap(), vec![5]);
+    }
+
+    #[test]
+    fn test_volume_unclean_open_marks_all_allocated_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let volume = small_volume(dir.path(), 2);
+        volume.write_at(&[3u8; 100], 0).unwrap();
+        volume.write_at(&[3u8; 100], 2 * 65536).unwrap();
+        volume.checkpoint("c").unwrap();
+        // Simulate a crash: copy the map files while the volume is open (the "open" record is unclean).
+        let crashed = dir.path().join("crashed");
+        std::fs::create_dir(&crashed).unwrap();
+        for name in ["volume.json", "map.0", "map.1"] {
+            std::fs::copy(dir.path().join("vol").join(name), crashed.join(name)).unwrap();
+        }
+        drop(volume);
+        let reopened = Volume::open(&crashed, false).unwrap();
+        assert_eq!(reopened.changed_since("c").unwrap(), vec![0, 2]);
     }
 
     #[test]

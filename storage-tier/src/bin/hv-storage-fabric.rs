@@ -186,6 +186,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 budget_bytes_per_sec: move_budget_mib << 20,
                 stats_interval: Duration::from_millis(stats_interval_ms),
             };
+            install_shutdown(opened.clone(), policy.name())?;
             let _mover = Mover::start(opened.clone(), policy, config)
                 .map_err(|e| format!("cannot start the mover: {e}"))?;
             let export = Arc::new(Export {
@@ -289,6 +290,36 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// SIGTERM / SIGINT close the volume cleanly (refuse new writes, wait for in-flight ones, commit with the
+/// clean mark) and exit 0. The signals are blocked in this thread before any other thread exists, so every
+/// thread inherits the block and only the waiting thread receives them.
+fn install_shutdown(volume: Volume, policy: &'static str) -> Result<(), String> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals
+        .thread_block()
+        .map_err(|e| format!("cannot block termination signals: {e}"))?;
+    std::thread::Builder::new()
+        .name("shutdown".into())
+        .spawn(move || {
+            let Ok(signal) = signals.wait() else { return };
+            tracing::info!(?signal, "closing the volume");
+            hv_storage::mover::write_stats(&volume, policy);
+            let code = match volume.close(Duration::from_secs(5)) {
+                Ok(()) => 0,
+                Err(error) => {
+                    eprintln!("hv-storage-fabric: {}", chain(&error));
+                    1
+                }
+            };
+            std::process::exit(code);
+        })
+        .map(|_| ())
+        .map_err(|e| format!("cannot start the shutdown thread: {e}"))
 }
 
 /// The latest `stats.json` if a server wrote one, else figures from the volume's map alone.
