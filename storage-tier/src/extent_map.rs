@@ -4,8 +4,9 @@
 //! Crash rules this type enforces (see docs/storage.md):
 //! - A slot an extent leaves (move, discard) is *pending free* until the next commit: the last committed
 //!   map may still point at it, so reusing it earlier could hand one extent's bytes to another after a crash.
-//! - A freshly allocated extent is *provisional* until its first write completes; commits record it as
-//!   unallocated, so a crash cannot expose the slot's previous content through the new extent.
+//! - A freshly allocated extent is *provisional* until a write to it completes; commits record it as
+//!   unallocated. Together with zeroing the slot at allocation, a crash cannot expose the slot's previous
+//!   content through the new extent.
 
 use std::collections::BTreeMap;
 

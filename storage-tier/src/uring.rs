@@ -57,7 +57,10 @@ struct Connection<'a, S: NbdStream> {
     outbuf: Vec<u8>,
     ops_in_flight: usize,
     requests_in_flight: usize,
+    /// The client sent NBD_CMD_DISC: stop parsing.
     closing: bool,
+    /// The client closed its side: stop receiving, but still serve what arrived.
+    eof: bool,
 }
 
 /// Serves one client on a fresh ring until it disconnects.
@@ -76,6 +79,7 @@ pub fn serve_connection<S: NbdStream>(stream: S, export: &Export) -> Result<(), 
         ops_in_flight: 0,
         requests_in_flight: 0,
         closing: false,
+        eof: false,
     };
     let result = connection.run();
     connection.stream.close();
@@ -85,10 +89,14 @@ pub fn serve_connection<S: NbdStream>(stream: S, export: &Export) -> Result<(), 
 impl<S: NbdStream> Connection<'_, S> {
     fn run(&mut self) -> Result<(), NbdError> {
         loop {
-            if !self.closing && !self.recv_armed && self.requests_in_flight < MAX_IN_FLIGHT {
+            if !self.closing
+                && !self.eof
+                && !self.recv_armed
+                && self.requests_in_flight < MAX_IN_FLIGHT
+            {
                 self.arm_recv()?;
             }
-            if self.closing && self.requests_in_flight == 0 {
+            if (self.closing || self.eof) && self.requests_in_flight == 0 {
                 return Ok(());
             }
             self.ring.submit_and_wait(1).map_err(NbdError::Uring)?;
@@ -134,10 +142,10 @@ impl<S: NbdStream> Connection<'_, S> {
                 self.recv_armed = false;
                 match result {
                     n if n > 0 => self.inbuf.extend_from_slice(&self.recv_buf[..n as usize]),
-                    0 => self.closing = true,
+                    0 => self.eof = true,
                     n if -n == libc::EINTR || -n == libc::EAGAIN => {}
                     n => {
-                        self.closing = true;
+                        self.eof = true;
                         tracing::warn!(error = %std::io::Error::from_raw_os_error(-n), "socket receive failed");
                     }
                 }

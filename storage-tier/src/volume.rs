@@ -92,9 +92,11 @@ struct ExtentGuard {
 
 impl Drop for ExtentGuard {
     fn drop(&mut self) {
-        if !self.allocated.is_empty() && !self.failed {
+        // Any completed write confirms its extents (a provisional slot is zeroed at allocation, so it
+        // holds nothing but this extent's data), including extents whose allocating write failed.
+        if self.write && !self.failed {
             let mut map = self.shared.lock_map();
-            for &extent in &self.allocated {
+            for &extent in &self.extents {
                 map.confirm(extent);
             }
         }
@@ -534,11 +536,11 @@ impl Volume {
             let allocated = map
                 .allocate(extent, &tier_order)
                 .map_err(|_| BlockError::NoSpace);
-            // The slot may hold a previous extent's bytes: zero what this write does not cover. This
-            // happens under the map lock so a concurrent first write to the same extent cannot be zeroed.
+            // The slot may hold a previous extent's bytes. Zero it under the map lock, before any write
+            // is planned into it.
             let zeroed = allocated.and_then(|location| {
                 guard.allocated.push(extent);
-                self.zero_uncovered(location, extent, offset, len)
+                self.zero_slot(location, extent)
             });
             if let Err(error) = zeroed {
                 guard.failed = true;
@@ -556,30 +558,16 @@ impl Volume {
         Ok(IoPlan { segments, guard })
     }
 
-    fn zero_uncovered(
-        &self,
-        location: Location,
-        extent: u64,
-        offset: u64,
-        len: u64,
-    ) -> Result<(), BlockError> {
+    /// Zeroes a freshly allocated slot, so that until the extent's writes land it reads as zeros and
+    /// never as the slot's previous occupant (whatever order concurrent first writes complete in).
+    fn zero_slot(&self, location: Location, extent: u64) -> Result<(), BlockError> {
         let extent_size = self.extent_size();
-        let extent_start = extent * extent_size;
-        let covered_start = offset.max(extent_start) - extent_start;
-        let covered_end = (offset + len).min(extent_start + extent_size) - extent_start;
-        let slot_base = location.slot as u64 * extent_size;
-        let tier = &self.shared.tiers[location.tier as usize];
-        for (start, end) in [(0, covered_start), (covered_end, extent_size)] {
-            if end > start {
-                let zeros = AlignedBuf::zeroed((end - start) as usize);
-                tier.write_all_at(zeros.as_slice(), slot_base + start)
-                    .map_err(|source| BlockError::Io {
-                        offset: extent_start + start,
-                        source,
-                    })?;
-            }
-        }
-        Ok(())
+        self.shared.tiers[location.tier as usize]
+            .zero_range(location.slot as u64 * extent_size, extent_size)
+            .map_err(|source| BlockError::Io {
+                offset: extent * extent_size,
+                source,
+            })
     }
 
     fn segments(&self, map: &ExtentMap, offset: u64, len: u64) -> Vec<Segment> {
