@@ -120,7 +120,7 @@ fn test_fio_nbd_engine_verifies() {
         &dir.path().join("sock"),
         &["--mover-tick-ms", "20"],
     );
-    let output = run(Command::new("fio").args([
+    let output = run(Command::new("fio").current_dir(dir.path()).args([
         "--name=verify",
         "--ioengine=nbd",
         &format!("--uri={}", server.url()),
