@@ -115,7 +115,8 @@ fn test_kill_9_never_loses_flushed_writes() {
         });
         // On a slow machine the kill may come before the handshake: that round then writes nothing.
         let connected = UnixStream::connect(&socket).map_err(|e| e.to_string());
-        let mut client = connected.and_then(|stream| NbdClient::connect(stream, "vol").map_err(|e| e.to_string()));
+        let mut client = connected
+            .and_then(|stream| NbdClient::connect(stream, "vol").map_err(|e| e.to_string()));
         let hot = rng.below(BLOCKS as u64 - 64) as usize;
         while let Ok(client) = client.as_mut() {
             let choice = rng.below(100);
