@@ -38,6 +38,9 @@ pub enum BlockError {
         #[source]
         source: io::Error,
     },
+    /// A non-waiting request met an extent that a move is switching right now; retry shortly.
+    #[error("extent is being moved; retry")]
+    Busy,
     /// Persisting metadata failed.
     #[error("could not persist the volume metadata")]
     Metadata(#[source] Box<meta::MetaError>),
@@ -50,6 +53,7 @@ impl BlockError {
             BlockError::OutOfRange { .. } => libc::EINVAL as u32,
             BlockError::ReadOnly => libc::EPERM as u32,
             BlockError::NoSpace => libc::ENOSPC as u32,
+            BlockError::Busy => libc::EAGAIN as u32,
             BlockError::Io { .. } | BlockError::Metadata(_) => libc::EIO as u32,
         }
     }

@@ -24,6 +24,9 @@ pub struct MoverConfig {
     pub budget_bytes_per_sec: u64,
     /// How often `stats.json` is rewritten (zero: never).
     pub stats_interval: Duration,
+    /// An extent that moved stays put at least this long (hysteresis in time, on top of the policy's
+    /// margin): noisy heat near the tier boundary cannot make it flap.
+    pub min_residency: Duration,
 }
 
 impl Default for MoverConfig {
@@ -33,6 +36,7 @@ impl Default for MoverConfig {
             half_life: Duration::from_secs(30),
             budget_bytes_per_sec: 256 << 20,
             stats_interval: Duration::from_secs(1),
+            min_residency: Duration::from_secs(10),
         }
     }
 }
@@ -83,7 +87,9 @@ fn run(volume: &Volume, policy: &dyn PlacementPolicy, config: &MoverConfig, stop
             .decay(elapsed.as_secs_f64(), config.half_life.as_secs_f64());
         if !volume.is_read_only() {
             let budget = (config.budget_bytes_per_sec as f64 * elapsed.as_secs_f64()) as u64;
-            if let Err(error) = rebalance(volume, policy, budget) {
+            let residency =
+                (config.min_residency.as_secs_f64() / config.tick.as_secs_f64()).ceil() as u32;
+            if let Err(error) = rebalance_with_residency(volume, policy, budget, residency) {
                 tracing::warn!(error = %error, "mover pass failed; retrying next tick");
             }
         }
@@ -116,12 +122,30 @@ pub fn rebalance(
     policy: &dyn PlacementPolicy,
     budget_bytes: u64,
 ) -> Result<usize, crate::BlockError> {
+    rebalance_with_residency(volume, policy, budget_bytes, 0)
+}
+
+/// One pass over every adjacent tier pair; extents that moved less than `residency_ticks` heat ticks ago
+/// are neither promoted nor demoted. Returns the number of extents moved.
+pub fn rebalance_with_residency(
+    volume: &Volume,
+    policy: &dyn PlacementPolicy,
+    budget_bytes: u64,
+    residency_ticks: u32,
+) -> Result<usize, crate::BlockError> {
     let extent_size = volume.extent_size();
     let mut budget_extents = budget_bytes / extent_size;
     let mut moved = 0;
     for fast in 0..volume.tier_count().saturating_sub(1) as u8 {
         let slow = fast + 1;
-        let (promote, demote) = plan_pair(volume, policy, fast, slow, &mut budget_extents);
+        let (promote, demote) = plan_pair(
+            volume,
+            policy,
+            fast,
+            slow,
+            residency_ticks,
+            &mut budget_extents,
+        );
         for &extent in &demote {
             if volume.move_extent(extent, slow)? == MoveOutcome::Moved {
                 moved += 1;
@@ -147,17 +171,26 @@ fn plan_pair(
     policy: &dyn PlacementPolicy,
     fast: u8,
     slow: u8,
+    residency_ticks: u32,
     budget_extents: &mut u64,
 ) -> (Vec<u64>, Vec<u64>) {
     let map = volume.map_snapshot();
     let now = volume.heat().current_tick();
+    let settled = |extent: u64| {
+        let moved = volume.last_move_tick(extent);
+        moved == 0 || now.saturating_sub(moved) >= residency_ticks
+    };
     let score = |extent: u64| policy.score(&volume.heat().get(extent), now);
     let placed_on = |tier: u8| {
         let mut extents: Vec<(f64, u64)> = map
             .entries()
             .iter()
             .enumerate()
-            .filter(|(_, e)| !e.provisional && e.location.is_some_and(|l| l.tier == tier))
+            .filter(|(index, e)| {
+                !e.provisional
+                    && e.location.is_some_and(|l| l.tier == tier)
+                    && settled(*index as u64)
+            })
             .map(|(index, _)| (score(index as u64), index as u64))
             .collect();
         extents.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -279,6 +312,41 @@ mod tests {
             rebalance(&volume, &DecayingCounterPolicy::default(), 2 * 65536).unwrap(),
             2
         );
+    }
+
+    #[test]
+    fn test_rebalance_residency_keeps_recent_moves_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let volume = volume(dir.path());
+        for extent in 0..8u64 {
+            volume.write_at(&[1u8; 65536], extent * 65536).unwrap();
+        }
+        let mut buf = vec![0u8; 512];
+        for _ in 0..50 {
+            volume.read_at(&mut buf, 7 * 65536).unwrap();
+        }
+        let policy = DecayingCounterPolicy::default();
+        assert_eq!(
+            rebalance_with_residency(&volume, &policy, 1 << 30, 100).unwrap(),
+            2
+        );
+        // Extent 0 was demoted just now; even far hotter, it may not come back before its residency ends.
+        for _ in 0..500 {
+            volume.read_at(&mut buf, 0).unwrap();
+        }
+        assert_eq!(
+            rebalance_with_residency(&volume, &policy, 1 << 30, 100).unwrap(),
+            0
+        );
+        assert_eq!(tier_of(&volume, 0), 1);
+        for _ in 0..100 {
+            volume.heat().decay(0.001, 30.0);
+        }
+        assert_eq!(
+            rebalance_with_residency(&volume, &policy, 1 << 30, 100).unwrap(),
+            2
+        );
+        assert_eq!(tier_of(&volume, 0), 0);
     }
 
     #[test]

@@ -45,6 +45,12 @@ struct Pending {
     error: u32,
 }
 
+/// A request waiting for a move to finish switching one of its extents.
+struct Deferred {
+    request: Request,
+    buf: AlignedBuf,
+}
+
 struct Connection<'a, S: NbdStream> {
     ring: IoUring,
     stream: S,
@@ -57,6 +63,7 @@ struct Connection<'a, S: NbdStream> {
     outbuf: Vec<u8>,
     ops_in_flight: usize,
     requests_in_flight: usize,
+    deferred: std::collections::VecDeque<Deferred>,
     /// The client sent NBD_CMD_DISC: stop parsing.
     closing: bool,
     /// The client closed its side: stop receiving, but still serve what arrived.
@@ -78,6 +85,7 @@ pub fn serve_connection<S: NbdStream>(stream: S, export: &Export) -> Result<(), 
         outbuf: Vec::new(),
         ops_in_flight: 0,
         requests_in_flight: 0,
+        deferred: std::collections::VecDeque::new(),
         closing: false,
         eof: false,
     };
@@ -89,17 +97,20 @@ pub fn serve_connection<S: NbdStream>(stream: S, export: &Export) -> Result<(), 
 impl<S: NbdStream> Connection<'_, S> {
     fn run(&mut self) -> Result<(), NbdError> {
         loop {
-            if !self.closing
-                && !self.eof
-                && !self.recv_armed
-                && self.requests_in_flight < MAX_IN_FLIGHT
-            {
+            self.retry_deferred();
+            if !self.closing && !self.eof && !self.recv_armed && self.backlog() < MAX_IN_FLIGHT {
                 self.arm_recv()?;
             }
-            if (self.closing || self.eof) && self.requests_in_flight == 0 {
+            if (self.closing || self.eof) && self.backlog() == 0 {
                 return Ok(());
             }
-            self.ring.submit_and_wait(1).map_err(NbdError::Uring)?;
+            if self.deferred.is_empty() {
+                self.ring.submit_and_wait(1).map_err(NbdError::Uring)?;
+            } else {
+                // A move is switching an extent (microseconds): poll instead of sleeping on the ring.
+                self.ring.submit().map_err(NbdError::Uring)?;
+                std::thread::yield_now();
+            }
             self.reap()?;
             self.parse_requests()?;
             self.send_replies()?;
@@ -230,7 +241,7 @@ impl<S: NbdStream> Connection<'_, S> {
 
     fn parse_requests(&mut self) -> Result<(), NbdError> {
         let mut consumed = 0;
-        while !self.closing && self.requests_in_flight < MAX_IN_FLIGHT {
+        while !self.closing && self.backlog() < MAX_IN_FLIGHT {
             let available = &self.inbuf[consumed..];
             let Some(header) = available.get(..REQUEST_LEN) else {
                 break;
@@ -279,8 +290,16 @@ impl<S: NbdStream> Connection<'_, S> {
         }
     }
 
+    /// Retries deferred requests once each (those still blocked go back in the queue).
+    fn retry_deferred(&mut self) {
+        for _ in 0..self.deferred.len() {
+            if let Some(deferred) = self.deferred.pop_front() {
+                self.try_start(deferred.request, deferred.buf);
+            }
+        }
+    }
+
     fn start_io(&mut self, request: Request, payload: std::ops::Range<usize>) {
-        let volume = &self.export.volume;
         if request.kind == CMD_READ {
             if let Ok(Some(error)) = check_length(&request) {
                 push_simple_reply(&mut self.outbuf, error, request.cookie);
@@ -288,16 +307,32 @@ impl<S: NbdStream> Connection<'_, S> {
             }
         }
         let mut buf = AlignedBuf::zeroed(request.length as usize);
-        let planned = if request.kind == CMD_READ {
-            volume.plan_read(request.offset, request.length as u64)
-        } else if self.export.read_only {
-            Err(crate::BlockError::ReadOnly)
-        } else {
+        if request.kind == CMD_WRITE {
+            if self.export.read_only {
+                let error = errno_of(&crate::BlockError::ReadOnly, &request);
+                push_simple_reply(&mut self.outbuf, error, request.cookie);
+                return;
+            }
             buf.as_mut_slice().copy_from_slice(&self.inbuf[payload]);
-            volume.plan_write(request.offset, request.length as u64)
+        }
+        self.try_start(request, buf);
+    }
+
+    /// Plans and submits a READ/WRITE whose buffer is ready. If a move is switching one of its extents it
+    /// is deferred instead of waiting: the move may be waiting for requests only this thread can reap.
+    fn try_start(&mut self, request: Request, buf: AlignedBuf) {
+        let volume = &self.export.volume;
+        let planned = if request.kind == CMD_READ {
+            volume.try_plan_read(request.offset, request.length as u64)
+        } else {
+            volume.try_plan_write(request.offset, request.length as u64)
         };
         let plan = match planned {
             Ok(plan) => plan,
+            Err(crate::BlockError::Busy) => {
+                self.deferred.push_back(Deferred { request, buf });
+                return;
+            }
             Err(error) => {
                 push_simple_reply(&mut self.outbuf, errno_of(&error, &request), request.cookie);
                 return;
@@ -367,11 +402,21 @@ impl<S: NbdStream> Connection<'_, S> {
 
     /// Waits until every tier operation of this connection has completed.
     fn wait_idle(&mut self) -> Result<(), NbdError> {
-        while self.ops_in_flight > 0 {
-            self.ring.submit_and_wait(1).map_err(NbdError::Uring)?;
-            self.reap()?;
+        while self.ops_in_flight > 0 || !self.deferred.is_empty() {
+            if self.ops_in_flight > 0 {
+                self.ring.submit_and_wait(1).map_err(NbdError::Uring)?;
+                self.reap()?;
+            } else {
+                std::thread::yield_now();
+            }
+            self.retry_deferred();
         }
         Ok(())
+    }
+
+    /// Requests accepted but not yet answered.
+    fn backlog(&self) -> usize {
+        self.requests_in_flight + self.deferred.len()
     }
 
     fn send_replies(&mut self) -> Result<(), NbdError> {

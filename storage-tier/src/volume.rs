@@ -115,6 +115,8 @@ struct ExtentSync {
     inflight: AtomicU32,
     moving: AtomicBool,
     generation: AtomicU64,
+    /// Heat tick of the extent's last completed move (0: never moved since open).
+    last_move_tick: AtomicU32,
 }
 
 /// Cumulative counters (since open).
@@ -202,6 +204,41 @@ impl Shared {
             }
             sync.inflight.fetch_sub(1, Ordering::SeqCst);
         }
+    }
+
+    /// Counts a request in on every extent of `extents`, waiting out moves (`wait`) or giving up at the
+    /// first extent being switched (then nothing stays counted).
+    fn enter_all(&self, extents: &[u64], wait: bool) -> bool {
+        for (index, &extent) in extents.iter().enumerate() {
+            if wait {
+                self.enter(extent);
+            } else if !self.try_enter(extent) {
+                for &entered in &extents[..index] {
+                    self.sync[entered as usize]
+                        .inflight
+                        .fetch_sub(1, Ordering::SeqCst);
+                }
+                return false;
+            }
+        }
+        for &extent in extents {
+            self.heat.record(extent);
+        }
+        true
+    }
+
+    /// [`Shared::enter`] without waiting: false when a move is switching the extent.
+    fn try_enter(&self, extent: u64) -> bool {
+        let sync = &self.sync[extent as usize];
+        if sync.moving.load(Ordering::SeqCst) {
+            return false;
+        }
+        sync.inflight.fetch_add(1, Ordering::SeqCst);
+        if sync.moving.load(Ordering::SeqCst) {
+            sync.inflight.fetch_sub(1, Ordering::SeqCst);
+            return false;
+        }
+        true
     }
 
     /// Tries to take `extent` exclusively (no request in flight on it until [`Shared::release_exclusive`]).
@@ -483,12 +520,21 @@ impl Volume {
 
     /// Resolves a read of `len` bytes at `offset`.
     pub fn plan_read(&self, offset: u64, len: u64) -> Result<IoPlan, BlockError> {
+        self.plan_read_inner(offset, len, true)
+    }
+
+    /// [`Volume::plan_read`] for event loops: instead of waiting while a move switches one of the
+    /// extents, fails with [`BlockError::Busy`] (the caller may hold in-flight requests the move waits for).
+    pub fn try_plan_read(&self, offset: u64, len: u64) -> Result<IoPlan, BlockError> {
+        self.plan_read_inner(offset, len, false)
+    }
+
+    fn plan_read_inner(&self, offset: u64, len: u64, wait: bool) -> Result<IoPlan, BlockError> {
         check_range(offset, len, self.size())?;
         let shared = &self.shared;
         let extents: Vec<u64> = self.extents_of(offset, len).collect();
-        for &extent in &extents {
-            shared.enter(extent);
-            shared.heat.record(extent);
+        if !shared.enter_all(&extents, wait) {
+            return Err(BlockError::Busy);
         }
         let guard = ExtentGuard {
             shared: shared.clone(),
@@ -508,15 +554,23 @@ impl Volume {
 
     /// Resolves a write of `len` bytes at `offset`, allocating extents that were never written.
     pub fn plan_write(&self, offset: u64, len: u64) -> Result<IoPlan, BlockError> {
+        self.plan_write_inner(offset, len, true)
+    }
+
+    /// [`Volume::plan_write`] without waiting for moves (see [`Volume::try_plan_read`]).
+    pub fn try_plan_write(&self, offset: u64, len: u64) -> Result<IoPlan, BlockError> {
+        self.plan_write_inner(offset, len, false)
+    }
+
+    fn plan_write_inner(&self, offset: u64, len: u64, wait: bool) -> Result<IoPlan, BlockError> {
         if self.shared.read_only || self.shared.closing.load(Ordering::SeqCst) {
             return Err(BlockError::ReadOnly);
         }
         check_range(offset, len, self.size())?;
         let shared = &self.shared;
         let extents: Vec<u64> = self.extents_of(offset, len).collect();
-        for &extent in &extents {
-            shared.enter(extent);
-            shared.heat.record(extent);
+        if !shared.enter_all(&extents, wait) {
+            return Err(BlockError::Busy);
         }
         let mut guard = ExtentGuard {
             shared: shared.clone(),
@@ -721,6 +775,9 @@ impl Volume {
         let counters = &shared.counters;
         match outcome {
             MoveOutcome::Moved => {
+                shared.sync[extent as usize]
+                    .last_move_tick
+                    .store(shared.heat.current_tick(), Ordering::Relaxed);
                 let counter = if to.tier < from.tier {
                     &counters.promotions
                 } else {
@@ -760,6 +817,14 @@ impl Volume {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         shared.commit(true)
+    }
+
+    /// Heat tick at which `extent` last moved (0: not since open).
+    pub fn last_move_tick(&self, extent: u64) -> u32 {
+        self.shared
+            .sync
+            .get(extent as usize)
+            .map_or(0, |s| s.last_move_tick.load(Ordering::Relaxed))
     }
 
     /// Names a checkpoint for changed-block tracking and commits it.

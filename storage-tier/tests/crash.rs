@@ -102,6 +102,8 @@ fn test_kill_9_never_loses_flushed_writes() {
         "2000",
         "--stats-interval-ms",
         "5",
+        "--min-residency-secs",
+        "0",
     ];
     let mut moves = 0;
     let mut total_flushes = 0;

@@ -63,6 +63,9 @@ enum Command {
         /// Mover copy budget in MiB/s (0 disables the mover).
         #[arg(long, default_value_t = 256)]
         move_budget_mib: u64,
+        /// An extent that moved stays on its new tier at least this long (seconds).
+        #[arg(long, default_value_t = 10.0)]
+        min_residency_secs: f64,
         /// How often stats.json is rewritten, in milliseconds.
         #[arg(long, default_value_t = 1000)]
         stats_interval_ms: u64,
@@ -173,6 +176,7 @@ fn run(cli: Cli) -> Result<(), String> {
             half_life_secs,
             move_budget_mib,
             stats_interval_ms,
+            min_residency_secs,
         } => {
             let policy = policy_by_name(&policy)
                 .ok_or_else(|| format!("unknown policy {policy:?} (decaying-counter, lru)"))?;
@@ -185,6 +189,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 half_life: Duration::from_secs_f64(half_life_secs.max(0.001)),
                 budget_bytes_per_sec: move_budget_mib << 20,
                 stats_interval: Duration::from_millis(stats_interval_ms),
+                min_residency: Duration::from_secs_f64(min_residency_secs.max(0.0)),
             };
             install_shutdown(opened.clone(), policy.name())?;
             let _mover = Mover::start(opened.clone(), policy, config)
