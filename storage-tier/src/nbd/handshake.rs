@@ -186,6 +186,133 @@ fn send_info<S: Write>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::meta::TierSpec;
+    use crate::volume::Volume;
+    use std::os::unix::net::UnixStream;
+
+    fn export(dir: &std::path::Path) -> Export {
+        let tiers = vec![TierSpec {
+            name: "t".into(),
+            path: dir.join("t"),
+            capacity: 1 << 20,
+        }];
+        let volume = Volume::create(&dir.join("vol"), 1 << 20, 65536, tiers).unwrap();
+        Export {
+            name: "disk".into(),
+            description: "test disk".into(),
+            volume,
+            read_only: false,
+        }
+    }
+
+    fn send_option(stream: &mut UnixStream, option: u32, data: &[u8]) {
+        let mut out = IHAVEOPT.to_be_bytes().to_vec();
+        out.extend_from_slice(&option.to_be_bytes());
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        out.extend_from_slice(data);
+        stream.write_all(&out).unwrap();
+    }
+
+    /// Reads one option reply: (option, reply type, payload).
+    fn read_reply(stream: &mut UnixStream) -> (u32, u32, Vec<u8>) {
+        let mut header = [0u8; 20];
+        stream.read_exact(&mut header).unwrap();
+        assert_eq!(header[0..8], OPTION_REPLY_MAGIC.to_be_bytes());
+        let field = |at: usize| u32::from_be_bytes(header[at..at + 4].try_into().unwrap());
+        let mut data = vec![0u8; field(16) as usize];
+        stream.read_exact(&mut data).unwrap();
+        (field(8), field(12), data)
+    }
+
+    fn info_request(name: &str, infos: &[u16]) -> Vec<u8> {
+        let mut data = (name.len() as u32).to_be_bytes().to_vec();
+        data.extend_from_slice(name.as_bytes());
+        data.extend_from_slice(&(infos.len() as u16).to_be_bytes());
+        for info in infos {
+            data.extend_from_slice(&info.to_be_bytes());
+        }
+        data
+    }
+
+    #[test]
+    fn test_negotiate_list_info_unsupported_and_abort() {
+        let dir = tempfile::tempdir().unwrap();
+        let export = export(dir.path());
+        let (mut server_end, mut client) = UnixStream::pair().unwrap();
+        std::thread::scope(|scope| {
+            let server = scope.spawn(|| negotiate(&mut server_end, &export));
+            let mut greeting = [0u8; 18];
+            client.read_exact(&mut greeting).unwrap();
+            assert_eq!(
+                greeting[16..18],
+                (FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes()
+            );
+            client
+                .write_all(&CLIENT_FLAG_FIXED_NEWSTYLE.to_be_bytes())
+                .unwrap();
+
+            send_option(&mut client, OPT_LIST, &[]);
+            let (option, reply, data) = read_reply(&mut client);
+            assert_eq!((option, reply), (OPT_LIST, REP_SERVER));
+            assert_eq!(data, [&4u32.to_be_bytes()[..], b"disk"].concat());
+            assert_eq!(read_reply(&mut client).1, REP_ACK);
+
+            send_option(&mut client, OPT_INFO, &info_request("nope", &[]));
+            assert_eq!(read_reply(&mut client).1, REP_ERR_UNKNOWN);
+
+            send_option(&mut client, OPT_INFO, &info_request("disk", &[INFO_NAME]));
+            let (_, reply, data) = read_reply(&mut client);
+            assert_eq!(reply, REP_INFO);
+            assert_eq!(data[0..2], INFO_EXPORT.to_be_bytes());
+            assert_eq!(data[2..10], (1u64 << 20).to_be_bytes());
+            let (_, _, block) = read_reply(&mut client);
+            assert_eq!(block[0..2], INFO_BLOCK_SIZE.to_be_bytes());
+            assert_eq!(
+                block[2..14],
+                [MIN_BLOCK, PREFERRED_BLOCK, MAX_PAYLOAD]
+                    .map(u32::to_be_bytes)
+                    .concat()
+            );
+            let (_, _, name) = read_reply(&mut client);
+            assert_eq!(name, [&INFO_NAME.to_be_bytes()[..], b"disk"].concat());
+            assert_eq!(read_reply(&mut client).1, REP_ACK);
+
+            send_option(&mut client, 99, b"whatever");
+            assert_eq!(read_reply(&mut client).1, REP_ERR_UNSUP);
+
+            send_option(&mut client, OPT_ABORT, &[]);
+            assert_eq!(read_reply(&mut client).1, REP_ACK);
+            assert_eq!(server.join().unwrap().unwrap(), Outcome::Closed);
+        });
+    }
+
+    #[test]
+    fn test_negotiate_export_name_sends_zero_padding_unless_declined() {
+        let dir = tempfile::tempdir().unwrap();
+        let export = export(dir.path());
+        for (client_flags, expected_len) in [
+            (CLIENT_FLAG_FIXED_NEWSTYLE, 10 + 124),
+            (CLIENT_FLAG_NO_ZEROES, 10),
+        ] {
+            let (mut server_end, mut client) = UnixStream::pair().unwrap();
+            let export = &export;
+            let outcome = std::thread::scope(|scope| {
+                // The server end moves into the thread and closes when negotiation returns.
+                let server = scope.spawn(move || negotiate(&mut server_end, export));
+                let mut greeting = [0u8; 18];
+                client.read_exact(&mut greeting).unwrap();
+                client.write_all(&client_flags.to_be_bytes()).unwrap();
+                send_option(&mut client, OPT_EXPORT_NAME, b"");
+                let outcome = server.join().unwrap().unwrap();
+                let mut reply = Vec::new();
+                client.read_to_end(&mut reply).unwrap();
+                assert_eq!(reply.len(), expected_len);
+                assert_eq!(reply[0..8], (1u64 << 20).to_be_bytes());
+                outcome
+            });
+            assert_eq!(outcome, Outcome::Transmission);
+        }
+    }
 
     #[test]
     fn test_parse_info_request_validates_lengths() {
