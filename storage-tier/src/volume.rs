@@ -413,12 +413,14 @@ impl Volume {
 
     /// Opens an existing volume. Read-write opens hold the volume's lock; read-only opens do not.
     pub fn open(dir: &Path, read_only: bool) -> Result<Volume, VolumeError> {
+        // The superblock never changes after create, so it can be read before taking the lock; a missing
+        // volume is then reported as a missing volume.json rather than as a lock problem.
+        let superblock = Superblock::read(dir).map_err(VolumeError::Meta)?;
         let lock = if read_only {
             None
         } else {
             Some(VolumeLock::acquire(dir).map_err(VolumeError::Meta)?)
         };
-        let superblock = Superblock::read(dir).map_err(VolumeError::Meta)?;
         let (store, mut map, clean) =
             MapStore::load(dir, &superblock).map_err(VolumeError::Meta)?;
         if !clean && !read_only {

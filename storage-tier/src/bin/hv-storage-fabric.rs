@@ -350,13 +350,15 @@ fn print_json<T: serde::Serialize>(value: &T) -> Result<(), String> {
     Ok(())
 }
 
-/// One character per extent: the tier's digit, shaded by heat (ANSI 256-colour background when stdout is
-/// a terminal); `.` for unallocated extents.
+/// One character per extent, `width` extents per row: the tier's digit (`.` when unallocated). On a
+/// terminal the background colour shows heat; otherwise a second row under each row shades heat with
+/// ` .:-=+*#%@` (coldest to hottest, relative to the hottest extent).
 fn print_heatmap(stats: &VolumeStats, width: usize) {
     use std::io::IsTerminal;
     let colour = std::io::stdout().is_terminal();
     let max_heat = stats.heat.iter().copied().fold(0.0f64, f64::max).max(1.0);
     const RAMP: [u8; 6] = [236, 24, 31, 178, 202, 196];
+    const SHADES: &[u8] = b" .:-=+*#%@";
     println!(
         "heat map: {} extents of {} bytes, max heat {:.1}",
         stats.placement.len(),
@@ -364,29 +366,31 @@ fn print_heatmap(stats: &VolumeStats, width: usize) {
         max_heat
     );
     for (row, chunk) in stats.placement.chunks(width).enumerate() {
-        let mut line = format!("{:>8} ", row * width);
+        let mut tiers = format!("{:>8} ", row * width);
+        let mut shades = format!("{:>8} ", "");
         for (column, tier) in chunk.iter().enumerate() {
-            let extent = row * width + column;
-            let heat = stats.heat.get(extent).copied().unwrap_or(0.0);
+            let heat = stats.heat.get(row * width + column).copied().unwrap_or(0.0);
+            let level = (heat / max_heat).sqrt();
             let symbol = if *tier < 0 {
                 '.'
             } else {
                 char::from_digit(*tier as u32 % 10, 10).unwrap_or('?')
             };
             if colour {
-                let level = ((heat / max_heat).sqrt() * (RAMP.len() - 1) as f64).round() as usize;
-                line.push_str(&format!(
-                    "\x1b[48;5;{}m{}\x1b[0m",
-                    RAMP[level.min(RAMP.len() - 1)],
-                    symbol
-                ));
+                let index =
+                    ((level * (RAMP.len() - 1) as f64).round() as usize).min(RAMP.len() - 1);
+                tiers.push_str(&format!("\x1b[48;5;{}m{}\x1b[0m", RAMP[index], symbol));
             } else {
-                let shade =
-                    [' ', '░', '▒', '▓', '█'][((heat / max_heat) * 4.0).round() as usize % 5];
-                line.push(if heat > 0.0 { shade } else { symbol });
+                tiers.push(symbol);
+                let index =
+                    ((level * (SHADES.len() - 1) as f64).round() as usize).min(SHADES.len() - 1);
+                shades.push(SHADES[index] as char);
             }
         }
-        println!("{line}");
+        println!("{tiers}");
+        if !colour {
+            println!("{}", shades.trim_end());
+        }
     }
     let names: Vec<String> = stats
         .tiers
