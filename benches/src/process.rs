@@ -61,25 +61,12 @@ pub fn time_run(
     let mut stdout = child.stdout.take().ok_or(RunError::NoMarker {
         output: String::new(),
     })?;
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 256];
-    let ready = loop {
-        match stdout.read(&mut buf) {
-            Ok(0) | Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(RunError::NoMarker {
-                    output: String::from_utf8_lossy(&seen).into_owned(),
-                });
-            }
-            Ok(n) => {
-                seen.extend_from_slice(&buf[..n]);
-                if seen.windows(marker.len()).any(|w| w == marker.as_bytes()) {
-                    break start.elapsed();
-                }
-            }
-        }
-    };
+    if let Err(e) = read_until_marker(&mut stdout, marker) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
+    }
+    let ready = start.elapsed();
     let exit = if expect_exit {
         let _ = child.wait();
         Some(start.elapsed())
@@ -93,6 +80,23 @@ pub fn time_run(
         exit,
         cpu: children_cpu_time().saturating_sub(cpu_before),
     })
+}
+
+/// Reads `output` until `marker` has appeared (or the stream ends: then the error holds what came).
+fn read_until_marker(output: &mut impl Read, marker: &str) -> Result<(), RunError> {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !seen.windows(marker.len()).any(|w| w == marker.as_bytes()) {
+        match output.read(&mut buf) {
+            Ok(0) | Err(_) => {
+                return Err(RunError::NoMarker {
+                    output: String::from_utf8_lossy(&seen).into_owned(),
+                })
+            }
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    Ok(())
 }
 
 /// Resident memory of a process split into guest RAM and everything else, from /proc/PID/smaps.
@@ -208,18 +212,10 @@ pub fn start_until_marker(mut command: Command, marker: &str) -> Result<Child, R
     let mut stdout = child.stdout.take().ok_or(RunError::NoMarker {
         output: String::new(),
     })?;
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 256];
-    while !seen.windows(marker.len()).any(|w| w == marker.as_bytes()) {
-        match stdout.read(&mut buf) {
-            Ok(0) | Err(_) => {
-                let _ = child.kill();
-                return Err(RunError::NoMarker {
-                    output: String::from_utf8_lossy(&seen).into_owned(),
-                });
-            }
-            Ok(n) => seen.extend_from_slice(&buf[..n]),
-        }
+    if let Err(e) = read_until_marker(&mut stdout, marker) {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e);
     }
     // Keep the pipe open so the guest's later output does not hit a closed pipe.
     child.stdout = Some(stdout);

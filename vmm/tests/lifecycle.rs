@@ -23,6 +23,21 @@ fn http(socket: &Path, method: &str, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// Starts `hv-vmm run --kernel KERNEL --api-socket SOCKET EXTRA...` and waits for the socket.
+fn spawn_with_api(kernel: &Path, socket: &Path, extra: &[&str]) -> std::process::Child {
+    let child = hv_vmm()
+        .args(["run", "--kernel", kernel.to_str().unwrap()])
+        .args(["--api-socket", socket.to_str().unwrap()])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_path(socket);
+    child
+}
+
 fn get_vm(socket: &Path) -> serde_json::Value {
     let (status, body) = http(socket, "GET", "/vm");
     assert_eq!(status, 200, "{body}");
@@ -37,15 +52,7 @@ fn test_api_reports_pauses_resumes_and_shuts_down() {
     let dir = tempfile::tempdir().unwrap();
     let kernel = guest_file(dir.path(), "halt");
     let socket = dir.path().join("api.sock");
-    let child = hv_vmm()
-        .args(["run", "--kernel", kernel.to_str().unwrap(), "--vcpus", "2"])
-        .args(["--memory", "256M", "--api-socket", socket.to_str().unwrap()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_path(&socket);
+    let child = spawn_with_api(&kernel, &socket, &["--vcpus", "2", "--memory", "256M"]);
 
     // Wait until the guest has written its boot marker.
     let mut info = get_vm(&socket);
@@ -87,15 +94,7 @@ fn test_sigterm_and_sigint_stop_the_vm_with_exit_0() {
     let kernel = guest_file(dir.path(), "halt");
     for signal in [libc::SIGTERM, libc::SIGINT] {
         let socket = dir.path().join(format!("api-{signal}.sock"));
-        let child = hv_vmm()
-            .args(["run", "--kernel", kernel.to_str().unwrap()])
-            .args(["--api-socket", socket.to_str().unwrap()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        wait_for_path(&socket);
+        let child = spawn_with_api(&kernel, &socket, &[]);
         while get_vm(&socket)["boot_time_us"].is_null() {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
@@ -119,15 +118,7 @@ fn test_second_vmm_cannot_take_a_live_api_socket() {
     let dir = tempfile::tempdir().unwrap();
     let kernel = guest_file(dir.path(), "halt");
     let socket = dir.path().join("api.sock");
-    let first = hv_vmm()
-        .args(["run", "--kernel", kernel.to_str().unwrap()])
-        .args(["--api-socket", socket.to_str().unwrap()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_path(&socket);
+    let first = spawn_with_api(&kernel, &socket, &[]);
     let second = run_vmm(&[
         "--kernel",
         kernel.to_str().unwrap(),

@@ -12,6 +12,8 @@
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
+use super::table_checksum;
+
 use super::layout::{ACPI_START, APIC_START, IOAPIC_START, MPTABLE_START};
 
 const OEM_ID: [u8; 6] = *b"HYPNIX";
@@ -43,13 +45,6 @@ pub enum AcpiError {
     Write(#[source] GuestMemoryError),
 }
 
-fn checksum(bytes: &[u8]) -> u8 {
-    bytes
-        .iter()
-        .fold(0u8, |acc, b| acc.wrapping_add(*b))
-        .wrapping_neg()
-}
-
 /// A system description table: header + `body`, checksummed.
 fn sdt(signature: &[u8; 4], revision: u8, body: &[u8]) -> Vec<u8> {
     let mut table = Vec::with_capacity(HEADER_LEN + body.len());
@@ -63,7 +58,7 @@ fn sdt(signature: &[u8; 4], revision: u8, body: &[u8]) -> Vec<u8> {
     table.extend_from_slice(&CREATOR_ID);
     table.extend_from_slice(&1u32.to_le_bytes()); // creator revision
     table.extend_from_slice(body);
-    table[9] = checksum(&table);
+    table[9] = table_checksum(&table);
     table
 }
 
@@ -117,8 +112,8 @@ fn rsdp(xsdt_addr: u64) -> Vec<u8> {
     r.extend_from_slice(&xsdt_addr.to_le_bytes());
     r.push(0); // extended checksum, below
     r.extend_from_slice(&[0; 3]);
-    r[8] = checksum(&r[..20]);
-    r[32] = checksum(&r);
+    r[8] = table_checksum(&r[..20]);
+    r[32] = table_checksum(&r);
     r
 }
 
@@ -181,21 +176,21 @@ mod tests {
         let base = ACPI_START;
         let image = build(4, base);
         assert_eq!(&image[..8], b"RSD PTR ");
-        assert_eq!(checksum(&image[..20]), 0, "RSDP v1 checksum");
-        assert_eq!(checksum(&image[..36]), 0, "RSDP extended checksum");
+        assert_eq!(table_checksum(&image[..20]), 0, "RSDP v1 checksum");
+        assert_eq!(table_checksum(&image[..36]), 0, "RSDP extended checksum");
         let xsdt = table_at(&image, base, u64_at(&image, 24));
         assert_eq!(&xsdt[..4], b"XSDT");
-        assert_eq!(checksum(xsdt), 0);
+        assert_eq!(table_checksum(xsdt), 0);
         let fadt = table_at(&image, base, u64_at(xsdt, 36));
         let madt = table_at(&image, base, u64_at(xsdt, 44));
         assert_eq!((&fadt[..4], fadt.len()), (&b"FACP"[..], FADT_LEN));
-        assert_eq!(checksum(fadt), 0);
+        assert_eq!(table_checksum(fadt), 0);
         let flags = u32::from_le_bytes(fadt[112..116].try_into().unwrap());
         assert_ne!(flags & FADT_FLAG_HW_REDUCED_ACPI, 0);
         let dsdt = table_at(&image, base, u64_at(fadt, 140));
-        assert_eq!((&dsdt[..4], checksum(dsdt)), (&b"DSDT"[..], 0));
+        assert_eq!((&dsdt[..4], table_checksum(dsdt)), (&b"DSDT"[..], 0));
         assert_eq!(&madt[..4], b"APIC");
-        assert_eq!(checksum(madt), 0);
+        assert_eq!(table_checksum(madt), 0);
     }
 
     #[test]

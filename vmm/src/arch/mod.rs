@@ -12,3 +12,11 @@ pub mod layout;
 pub mod memory_map;
 pub mod mptable;
 pub mod regs;
+
+/// The byte that makes `bytes` sum to zero (mod 256): the checksum of MP and ACPI tables.
+pub(crate) fn table_checksum(bytes: &[u8]) -> u8 {
+    bytes
+        .iter()
+        .fold(0u8, |acc, b| acc.wrapping_add(*b))
+        .wrapping_neg()
+}

@@ -7,6 +7,8 @@
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
 
+use super::table_checksum;
+
 use super::layout::{APIC_START, BIOS_AREA_END, IOAPIC_START, MPTABLE_START};
 
 const MP_SPEC_REV: u8 = 4; // 1.4
@@ -39,13 +41,6 @@ pub enum MpTableError {
     /// Guest memory write failed.
     #[error("cannot write the MP table to guest memory")]
     Write(#[source] GuestMemoryError),
-}
-
-fn checksum(bytes: &[u8]) -> u8 {
-    bytes
-        .iter()
-        .fold(0u8, |acc, b| acc.wrapping_add(*b))
-        .wrapping_neg()
 }
 
 fn processor_entry(apic_id: u8) -> [u8; 20] {
@@ -140,7 +135,7 @@ pub fn build(vcpus: u8, base: u64) -> Result<Vec<u8>, MpTableError> {
     config.extend_from_slice(&(APIC_START as u32).to_le_bytes());
     config.extend_from_slice(&[0, 0, 0, 0]); // extended table length + checksum + reserved
     config.extend_from_slice(&entries);
-    config[7] = checksum(&config);
+    config[7] = table_checksum(&config);
 
     let mut table = Vec::with_capacity(16 + config.len());
     table.extend_from_slice(b"_MP_");
@@ -149,7 +144,7 @@ pub fn build(vcpus: u8, base: u64) -> Result<Vec<u8>, MpTableError> {
     table.push(MP_SPEC_REV);
     table.push(0); // checksum, below
     table.extend_from_slice(&[0; 5]); // feature bytes: 0 = a configuration table is present
-    table[10] = checksum(&table);
+    table[10] = table_checksum(&table);
     table.extend_from_slice(&config);
     Ok(table)
 }
@@ -172,12 +167,12 @@ mod tests {
     fn test_mptable_checksums_and_counts() {
         let table = build(4, MPTABLE_START).unwrap();
         assert_eq!(&table[0..4], b"_MP_");
-        assert_eq!(checksum(&table[..16]), 0, "floating pointer checksum");
+        assert_eq!(table_checksum(&table[..16]), 0, "floating pointer checksum");
         let config = &table[16..];
         assert_eq!(&config[0..4], b"PCMP");
         let len = u16::from_le_bytes([config[4], config[5]]) as usize;
         assert_eq!(len, config.len());
-        assert_eq!(checksum(config), 0, "config table checksum");
+        assert_eq!(table_checksum(config), 0, "config table checksum");
         let count = u16::from_le_bytes([config[34], config[35]]);
         // 4 CPUs + bus + IOAPIC + ExtINT + 15 ISA IRQs + 2 local interrupts
         assert_eq!(count, 4 + 1 + 1 + 1 + 15 + 2);
