@@ -347,3 +347,226 @@ impl BusDevice for MmioTransport {
 pub fn split_address(addr: GuestAddress) -> (u32, u32) {
     (addr.0 as u32, (addr.0 >> 32) as u32)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use vm_memory::GuestMemoryMmap;
+
+    use super::*;
+    use crate::trigger::CallbackTrigger;
+    use crate::virtio::{VirtioError, VIRTIO_MMIO_INT_CONFIG};
+
+    /// A device with two queues that records what the transport tells it.
+    #[derive(Default)]
+    struct Probe {
+        acked: Arc<std::sync::Mutex<u64>>,
+        notified: Arc<std::sync::Mutex<Vec<u32>>>,
+        resets: Arc<AtomicUsize>,
+        fail_notify: bool,
+    }
+
+    impl VirtioDevice for Probe {
+        fn device_type(&self) -> u32 {
+            42
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[8, 4]
+        }
+        fn available_features(&self) -> u64 {
+            1 << VIRTIO_F_VERSION_1 | 1 << 3
+        }
+        fn set_acked_features(&mut self, features: u64) {
+            *self.acked.lock().unwrap() = features;
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            data.fill(offset as u8);
+        }
+        fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+        fn activate(
+            &mut self,
+            _memory: GuestMemory,
+            _interrupt: Interrupt,
+            queues: Vec<Queue>,
+        ) -> Result<(), VirtioError> {
+            assert_eq!(queues.len(), 2);
+            Ok(())
+        }
+        fn queue_notify(&mut self, queue_index: u32) -> Result<(), VirtioError> {
+            self.notified.lock().unwrap().push(queue_index);
+            if self.fail_notify {
+                return Err(VirtioError::NotActive);
+            }
+            Ok(())
+        }
+        fn reset(&mut self) {
+            self.resets.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn transport(probe: Probe) -> (MmioTransport, Arc<AtomicUsize>) {
+        let memory = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap());
+        let raised = Arc::new(AtomicUsize::new(0));
+        let counter = raised.clone();
+        let interrupt = Interrupt::new(CallbackTrigger::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }));
+        (
+            MmioTransport::new(Box::new(probe), memory, interrupt),
+            raised,
+        )
+    }
+
+    fn read(t: &mut MmioTransport, offset: u64) -> u32 {
+        let mut word = [0u8; 4];
+        t.read(offset, &mut word);
+        u32::from_le_bytes(word)
+    }
+
+    fn write(t: &mut MmioTransport, offset: u64, value: u32) {
+        t.write(offset, &value.to_le_bytes());
+    }
+
+    fn drive_to_driver_ok(t: &mut MmioTransport) {
+        write(t, reg::STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
+        write(t, reg::STATUS, 3);
+        write(t, reg::DRIVER_FEATURES_SEL, 1);
+        write(t, reg::DRIVER_FEATURES, 1);
+        write(t, reg::STATUS, 3 | VIRTIO_CONFIG_S_FEATURES_OK);
+        for (index, size) in [(0, 8), (1, 4)] {
+            write(t, reg::QUEUE_SEL, index);
+            write(t, reg::QUEUE_NUM, size);
+            write(t, reg::QUEUE_DESC_LOW, 0x1000 * (index + 1));
+            write(t, reg::QUEUE_DRIVER_LOW, 0x4000 * (index + 1));
+            write(t, reg::QUEUE_DEVICE_LOW, 0x8000);
+            write(t, reg::QUEUE_READY, 1);
+        }
+        write(
+            t,
+            reg::STATUS,
+            3 | VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK,
+        );
+    }
+
+    #[test]
+    fn test_kernel_cmdline_fragment_uses_linux_syntax() {
+        assert_eq!(
+            kernel_cmdline_fragment(0xd000_1000, MMIO_REGION_SIZE, 5),
+            "virtio_mmio.device=0x200@0xd0001000:5"
+        );
+    }
+
+    #[test]
+    fn test_mmio_identity_registers_and_unaligned_accesses() {
+        let (mut t, _) = transport(Probe::default());
+        assert_eq!(read(&mut t, reg::MAGIC_VALUE), MMIO_MAGIC_VALUE);
+        assert_eq!(read(&mut t, reg::VERSION), 2);
+        assert_eq!(read(&mut t, reg::DEVICE_ID), 42);
+        assert_eq!(read(&mut t, reg::VENDOR_ID), MMIO_VENDOR_ID);
+        assert_eq!(read(&mut t, reg::SHM_LEN_LOW), u32::MAX, "no shared memory");
+        let mut half = [0xaau8; 2];
+        t.read(reg::MAGIC_VALUE, &mut half);
+        assert_eq!(half, [0xaa, 0xaa], "sub-word register reads are ignored");
+        assert_eq!(read(&mut t, 0x2), 0, "misaligned register reads return 0");
+        let mut config = [0u8; 2];
+        t.read(reg::CONFIG + 5, &mut config);
+        assert_eq!(config, [5, 5], "config space takes any width");
+    }
+
+    #[test]
+    fn test_mmio_feature_pages_and_negotiation() {
+        let probe = Probe::default();
+        let acked = probe.acked.clone();
+        let (mut t, _) = transport(probe);
+        write(&mut t, reg::DEVICE_FEATURES_SEL, 0);
+        assert_eq!(read(&mut t, reg::DEVICE_FEATURES), 1 << 3);
+        write(&mut t, reg::DEVICE_FEATURES_SEL, 1);
+        assert_eq!(read(&mut t, reg::DEVICE_FEATURES), 1);
+        // Feature writes before DRIVER are ignored.
+        write(&mut t, reg::DRIVER_FEATURES_SEL, 1);
+        write(&mut t, reg::DRIVER_FEATURES, 1);
+        write(&mut t, reg::STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
+        write(&mut t, reg::STATUS, 3);
+        write(&mut t, reg::STATUS, 3 | VIRTIO_CONFIG_S_FEATURES_OK);
+        assert_eq!(t.status(), 3, "no VERSION_1 yet, so FEATURES_OK is refused");
+        // A bit the device never offered is refused too.
+        write(&mut t, reg::DRIVER_FEATURES, 1);
+        write(&mut t, reg::DRIVER_FEATURES_SEL, 0);
+        write(&mut t, reg::DRIVER_FEATURES, 1 << 4);
+        write(&mut t, reg::STATUS, 3 | VIRTIO_CONFIG_S_FEATURES_OK);
+        assert_eq!(t.status(), 3);
+        write(&mut t, reg::DRIVER_FEATURES, 1 << 3);
+        write(&mut t, reg::STATUS, 3 | VIRTIO_CONFIG_S_FEATURES_OK);
+        assert_eq!(t.status(), 3 | VIRTIO_CONFIG_S_FEATURES_OK);
+        assert_eq!(*acked.lock().unwrap(), 1 << VIRTIO_F_VERSION_1 | 1 << 3);
+    }
+
+    #[test]
+    fn test_mmio_status_rejects_skipped_steps() {
+        let (mut t, _) = transport(Probe::default());
+        write(&mut t, reg::STATUS, VIRTIO_CONFIG_S_DRIVER);
+        assert_eq!(t.status(), 0, "DRIVER before ACKNOWLEDGE");
+        write(&mut t, reg::STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
+        write(&mut t, reg::STATUS, 1 | VIRTIO_CONFIG_S_DRIVER_OK);
+        assert_eq!(t.status(), 1, "DRIVER_OK before FEATURES_OK");
+        write(&mut t, reg::STATUS, 1 | VIRTIO_CONFIG_S_FAILED);
+        assert_eq!(t.status(), 1 | VIRTIO_CONFIG_S_FAILED);
+    }
+
+    #[test]
+    fn test_mmio_queue_setup_locks_after_driver_ok_and_notify_reaches_device() {
+        let probe = Probe::default();
+        let notified = probe.notified.clone();
+        let (mut t, _) = transport(probe);
+        write(&mut t, reg::QUEUE_SEL, 1);
+        assert_eq!(read(&mut t, reg::QUEUE_NUM_MAX), 4);
+        write(&mut t, reg::QUEUE_SEL, 7);
+        assert_eq!(read(&mut t, reg::QUEUE_NUM_MAX), 0, "missing queue");
+        write(&mut t, reg::QUEUE_NOTIFY, 0);
+        assert!(
+            notified.lock().unwrap().is_empty(),
+            "no notify before DRIVER_OK"
+        );
+        drive_to_driver_ok(&mut t);
+        assert_eq!(
+            t.status() & VIRTIO_CONFIG_S_DRIVER_OK,
+            VIRTIO_CONFIG_S_DRIVER_OK
+        );
+        write(&mut t, reg::QUEUE_SEL, 0);
+        write(&mut t, reg::QUEUE_READY, 0);
+        assert_eq!(
+            read(&mut t, reg::QUEUE_READY),
+            1,
+            "queue stays ready after DRIVER_OK"
+        );
+        write(&mut t, reg::QUEUE_NOTIFY, 1);
+        assert_eq!(*notified.lock().unwrap(), vec![1]);
+    }
+
+    #[test]
+    fn test_mmio_failed_notify_sets_needs_reset_and_reset_clears_everything() {
+        let probe = Probe {
+            fail_notify: true,
+            ..Probe::default()
+        };
+        let resets = probe.resets.clone();
+        let (mut t, raised) = transport(probe);
+        drive_to_driver_ok(&mut t);
+        write(&mut t, reg::QUEUE_NOTIFY, 0);
+        assert_ne!(t.status() & VIRTIO_CONFIG_S_NEEDS_RESET, 0);
+        assert_eq!(read(&mut t, reg::INTERRUPT_STATUS), VIRTIO_MMIO_INT_CONFIG);
+        assert_eq!(raised.load(Ordering::SeqCst), 1);
+        write(&mut t, reg::STATUS, 0);
+        assert_eq!(t.status(), 0);
+        assert_eq!(read(&mut t, reg::INTERRUPT_STATUS), 0);
+        assert_eq!(resets.load(Ordering::SeqCst), 1);
+        write(&mut t, reg::QUEUE_SEL, 0);
+        assert_eq!(
+            read(&mut t, reg::QUEUE_READY),
+            0,
+            "queues are fresh after reset"
+        );
+    }
+}

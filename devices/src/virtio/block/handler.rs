@@ -32,6 +32,14 @@ impl BlockQueueHandler {
     /// An error means the queue itself is broken (bad available index, a chain without a place for
     /// the status byte, an unwritable used ring): the caller sets NEEDS_RESET.
     pub fn process_queue(&mut self) -> Result<(), BlockError> {
+        let result = self.complete_available();
+        if result.is_err() {
+            self.metrics.needs_reset.inc();
+        }
+        result
+    }
+
+    fn complete_available(&mut self) -> Result<(), BlockError> {
         let memory = self.memory.clone();
         let chains: Vec<DescriptorChain<&GuestMemoryMmap>> = self
             .queue
@@ -64,13 +72,7 @@ impl BlockQueueHandler {
                 failure.get_or_insert(BlockError::Interrupt(error));
             }
         }
-        match failure {
-            Some(error) => {
-                self.metrics.needs_reset.inc();
-                Err(error)
-            }
-            None => Ok(()),
-        }
+        failure.map_or(Ok(()), Err)
     }
 
     /// Runs one request; returns how many bytes it wrote into device-writable buffers.

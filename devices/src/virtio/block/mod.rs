@@ -306,3 +306,85 @@ impl VirtioDevice for Block {
         self.acked_features = 0;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(space: &[u8], offset: usize, len: usize) -> u64 {
+        let mut bytes = [0u8; 8];
+        bytes[..len].copy_from_slice(&space[offset..offset + len]);
+        u64::from_le_bytes(bytes)
+    }
+
+    #[test]
+    fn test_config_space_matches_virtio_blk_config_layout() {
+        let space = config_space(10 * 512 + 100, 128);
+        // Offsets from the virtio 1.2 spec, section 5.2.4, independent of the bindings.
+        assert_eq!(
+            field(&space, 0, 8),
+            10,
+            "capacity rounds down to whole sectors"
+        );
+        assert_eq!(field(&space, 12, 4), 126, "seg_max");
+        assert_eq!(field(&space, 34, 2), 1, "num_queues");
+        assert_eq!(
+            field(&space, 36, 4),
+            u64::from(u32::MAX),
+            "max_discard_sectors"
+        );
+        assert_eq!(
+            field(&space, 40, 4),
+            u64::from(MAX_SEGMENTS),
+            "max_discard_seg"
+        );
+        assert_eq!(field(&space, 44, 4), 1, "discard_sector_alignment");
+        assert_eq!(
+            field(&space, 52, 4),
+            u64::from(MAX_SEGMENTS),
+            "max_write_zeroes_seg"
+        );
+        assert_eq!(space[56], 1, "write_zeroes_may_unmap");
+        assert_eq!(field(&space, 20, 4), 0, "blk_size not offered");
+    }
+
+    #[test]
+    fn test_block_features_follow_read_only_and_config_reads_past_end_are_zero() {
+        struct Empty;
+        impl BlockBackend for Empty {
+            fn size(&self) -> u64 {
+                4096
+            }
+            fn read_at(&self, _: &mut [u8], _: u64) -> Result<(), hv_storage::BlockError> {
+                Ok(())
+            }
+            fn write_at(&self, _: &[u8], _: u64) -> Result<(), hv_storage::BlockError> {
+                Ok(())
+            }
+            fn flush(&self) -> Result<(), hv_storage::BlockError> {
+                Ok(())
+            }
+            fn discard(&self, _: u64, _: u64) -> Result<(), hv_storage::BlockError> {
+                Ok(())
+            }
+            fn write_zeroes(&self, _: u64, _: u64) -> Result<(), hv_storage::BlockError> {
+                Ok(())
+            }
+        }
+        let read_only = BlockConfig {
+            read_only: true,
+            ..BlockConfig::default()
+        };
+        let block = Block::new(read_only, Arc::new(Empty));
+        assert_ne!(block.available_features() & 1 << VIRTIO_BLK_F_RO, 0);
+        let writable = Block::new(BlockConfig::default(), Arc::new(Empty));
+        assert_eq!(writable.available_features() & 1 << VIRTIO_BLK_F_RO, 0);
+        let mut bytes = [0xffu8; 8];
+        writable.read_config(0, &mut bytes);
+        assert_eq!(u64::from_le_bytes(bytes), 8);
+        writable.read_config(10_000, &mut bytes);
+        assert_eq!(bytes, [0; 8]);
+        writable.read_config(u64::MAX, &mut bytes);
+        assert_eq!(bytes, [0; 8]);
+    }
+}
