@@ -69,10 +69,66 @@ fn descriptor() -> impl Strategy<Value = RandomDescriptor> {
     })
 }
 
+/// A header / data / status chain as a driver builds it, with one descriptor field then replaced
+/// by a random value, so most cases get past chain validation into request handling.
+fn mostly_valid_chain() -> impl Strategy<Value = Vec<RandomDescriptor>> {
+    let data_len = prop_oneof![Just(512u32), Just(4096), Just(16), Just(20), 0u32..8192];
+    (data_len, any::<bool>(), 0usize..3, 0usize..5, descriptor()).prop_map(
+        |(data_len, data_writable, victim, field, noise)| {
+            let write = if data_writable {
+                VRING_DESC_F_WRITE as u16
+            } else {
+                0
+            };
+            let next = VRING_DESC_F_NEXT as u16;
+            let mut chain = vec![
+                RandomDescriptor {
+                    addr: 0x10_0000,
+                    len: 16,
+                    flags: next,
+                    next: 1,
+                },
+                RandomDescriptor {
+                    addr: 0x20_0000,
+                    len: data_len,
+                    flags: next | write,
+                    next: 2,
+                },
+                RandomDescriptor {
+                    addr: 0x30_0000,
+                    len: 1,
+                    flags: VRING_DESC_F_WRITE as u16,
+                    next: 0,
+                },
+            ];
+            let d = &mut chain[victim];
+            match field {
+                0 => d.addr = noise.addr,
+                1 => d.len = noise.len,
+                2 => d.flags = noise.flags,
+                3 => d.next = noise.next,
+                _ => {} // left intact
+            }
+            chain
+        },
+    )
+}
+
+fn chain() -> impl Strategy<Value = Vec<RandomDescriptor>> {
+    prop_oneof![
+        1 => proptest::collection::vec(descriptor(), 1..8),
+        3 => mostly_valid_chain(),
+    ]
+}
+
 /// Header contents the device will parse: known request types with random sectors, or noise.
 fn header() -> impl Strategy<Value = (u32, u64)> {
-    let kind = prop_oneof![0u32..16, any::<u32>()];
-    let sector = prop_oneof![0u64..4096, any::<u64>()];
+    let kind = prop_oneof![
+        6 => proptest::sample::select(vec![0u32, 1, 4, 8, 11, 13]),
+        1 => 0u32..16,
+        1 => any::<u32>(),
+    ];
+    let sector = prop_oneof![4 => 0u64..2048, 1 => any::<u64>()];
     (kind, sector)
 }
 
@@ -81,7 +137,7 @@ proptest! {
 
     #[test]
     fn test_block_random_chains_never_panic_and_always_complete(
-        descs in proptest::collection::vec(descriptor(), 1..8),
+        descs in chain(),
         headers in proptest::collection::vec(header(), 1..4),
         read_only in any::<bool>(),
     ) {
