@@ -14,10 +14,12 @@ use hv_storage::raw::RawFileBackend;
 use hv_storage::BlockBackend;
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_config::*;
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::virtio_ring::{
+    VIRTIO_RING_F_INDIRECT_DESC, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 const MEM_SIZE: usize = 0x100_0000;
 const QUEUE_LEN: u16 = 16;
@@ -459,4 +461,92 @@ fn test_block_device_trait_reports_block_identity() {
     let block = Block::new(BlockConfig::default(), disk_file(&dir, false));
     assert_eq!(block.device_type(), 2);
     assert_eq!(block.queue_max_sizes(), &[256]);
+}
+
+#[test]
+fn test_block_follows_indirect_descriptor_tables() {
+    let mut s = setup(false);
+    let mem = s.mem.clone();
+    let queue = MockSplitQueue::create(mem.as_ref(), RING_BASE, QUEUE_LEN);
+    let features = negotiate(&mut s.transport, &queue);
+    assert_ne!(features & (1 << VIRTIO_RING_F_INDIRECT_DESC), 0);
+    let data = pattern(1024, 9);
+    s.disk.write_at(&data, 4 * 512).unwrap();
+    write_header(&s.mem, VIRTIO_BLK_T_IN, 4);
+    s.mem.write_obj(0xffu8, GuestAddress(STATUS_ADDR)).unwrap();
+    let table = GuestAddress(0x38_0000);
+    let inner = [
+        desc(HEADER_ADDR, 16, VRING_DESC_F_NEXT, 1),
+        desc(DATA_ADDR, 1024, VRING_DESC_F_WRITE | VRING_DESC_F_NEXT, 2),
+        desc(STATUS_ADDR, 1, VRING_DESC_F_WRITE, 0),
+    ];
+    for (i, d) in inner.iter().enumerate() {
+        s.mem
+            .write_obj(*d, table.unchecked_add(16 * i as u64))
+            .unwrap();
+    }
+    let outer = [desc(table.0, 48, VRING_DESC_F_INDIRECT, 0)];
+    assert_eq!(submit(&mut s, &queue, &outer), (0, 1025));
+    let mut read_back = vec![0u8; 1024];
+    s.mem
+        .read_slice(&mut read_back, GuestAddress(DATA_ADDR))
+        .unwrap();
+    assert_eq!(read_back, data);
+}
+
+/// A disk whose every operation fails the way a dying host disk does.
+struct FailingDisk;
+
+impl BlockBackend for FailingDisk {
+    fn size(&self) -> u64 {
+        DISK_SIZE
+    }
+    fn read_at(&self, _: &mut [u8], offset: u64) -> Result<(), hv_storage::BlockError> {
+        Err(hv_storage::BlockError::Io {
+            offset,
+            source: std::io::Error::other("medium error"),
+        })
+    }
+    fn write_at(&self, _: &[u8], offset: u64) -> Result<(), hv_storage::BlockError> {
+        Err(hv_storage::BlockError::Io {
+            offset,
+            source: std::io::Error::other("medium error"),
+        })
+    }
+    fn flush(&self) -> Result<(), hv_storage::BlockError> {
+        Err(hv_storage::BlockError::NoSpace)
+    }
+    fn discard(&self, _: u64, _: u64) -> Result<(), hv_storage::BlockError> {
+        Err(hv_storage::BlockError::Busy)
+    }
+    fn write_zeroes(&self, _: u64, _: u64) -> Result<(), hv_storage::BlockError> {
+        Err(hv_storage::BlockError::ReadOnly)
+    }
+}
+
+#[test]
+fn test_block_host_io_errors_become_ioerr_statuses() {
+    let mut s = setup(false);
+    let block = Block::new(BlockConfig::default(), Arc::new(FailingDisk));
+    let metrics = block.metrics();
+    let interrupt = Interrupt::new(CallbackTrigger::new(|| {}));
+    s.transport = MmioTransport::new(Box::new(block), s.mem.clone(), interrupt);
+    s.metrics = metrics;
+    let mem = s.mem.clone();
+    let queue = MockSplitQueue::create(mem.as_ref(), RING_BASE, QUEUE_LEN);
+    negotiate(&mut s.transport, &queue);
+    let ioerr = VIRTIO_BLK_S_IOERR as u8;
+    assert_eq!(request(&mut s, &queue, VIRTIO_BLK_T_IN, 0, 512).0, ioerr);
+    assert_eq!(request(&mut s, &queue, VIRTIO_BLK_T_OUT, 0, 512).0, ioerr);
+    assert_eq!(request(&mut s, &queue, VIRTIO_BLK_T_FLUSH, 0, 0).0, ioerr);
+    assert_eq!(
+        request(&mut s, &queue, VIRTIO_BLK_T_DISCARD, 0, 16).0,
+        ioerr
+    );
+    assert_eq!(s.metrics.io_errors.get(), 4);
+    assert_eq!(s.metrics.reads.get() + s.metrics.writes.get(), 0);
+    assert_eq!(
+        read_reg(&mut s.transport, 0x070) & VIRTIO_CONFIG_S_NEEDS_RESET,
+        0
+    );
 }

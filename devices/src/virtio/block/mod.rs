@@ -18,6 +18,7 @@ use virtio_bindings::virtio_blk::{
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
 use virtio_queue::{Queue, QueueT};
 
 use self::handler::BlockQueueHandler;
@@ -232,7 +233,9 @@ impl VirtioDevice for Block {
     }
 
     fn available_features(&self) -> u64 {
+        // Indirect tables cost nothing extra: virtio-queue follows them while walking a chain.
         let mut features = 1u64 << VIRTIO_F_VERSION_1
+            | 1 << VIRTIO_RING_F_INDIRECT_DESC
             | 1 << VIRTIO_BLK_F_SEG_MAX
             | 1 << VIRTIO_BLK_F_FLUSH
             | 1 << VIRTIO_BLK_F_DISCARD
