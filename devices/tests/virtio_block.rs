@@ -550,3 +550,45 @@ fn test_block_host_io_errors_become_ioerr_statuses() {
         0
     );
 }
+
+#[test]
+fn test_block_batch_completes_every_chain_with_one_interrupt() {
+    let mut s = setup(false);
+    let mem = s.mem.clone();
+    let queue = MockSplitQueue::create(mem.as_ref(), RING_BASE, QUEUE_LEN);
+    negotiate(&mut s.transport, &queue);
+    // Three FLUSH requests (header + status each) made available before a single notify.
+    write_header(&s.mem, VIRTIO_BLK_T_FLUSH, 0);
+    let mut descs = Vec::new();
+    for i in 0..3u16 {
+        descs.push(desc(HEADER_ADDR, 16, VRING_DESC_F_NEXT, 2 * i + 1));
+        descs.push(desc(STATUS_ADDR + u64::from(i), 1, VRING_DESC_F_WRITE, 0));
+    }
+    queue.add_desc_chains(&descs, 0).unwrap();
+    assert_eq!(queue.avail().idx().load(), 3);
+    write_reg(&mut s.transport, 0x050, 0);
+    assert_eq!(queue.used().idx().load(), 3);
+    for i in 0..3u16 {
+        let elem = queue.used().ring().ref_at(usize::from(i)).unwrap().load();
+        assert_eq!((elem.id(), elem.len()), (u32::from(2 * i), 1));
+    }
+    assert_eq!(s.metrics.flushes.get(), 3);
+    assert_eq!(s.interrupts.load(Ordering::SeqCst), 1);
+    // A notify with nothing new available completes nothing and raises nothing.
+    write_reg(&mut s.transport, 0x050, 0);
+    assert_eq!(queue.used().idx().load(), 3);
+    assert_eq!(s.interrupts.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn test_block_notify_for_a_missing_queue_needs_reset() {
+    let mut s = setup(false);
+    let mem = s.mem.clone();
+    let queue = MockSplitQueue::create(mem.as_ref(), RING_BASE, QUEUE_LEN);
+    negotiate(&mut s.transport, &queue);
+    write_reg(&mut s.transport, 0x050, 1);
+    assert_ne!(
+        read_reg(&mut s.transport, 0x070) & VIRTIO_CONFIG_S_NEEDS_RESET,
+        0
+    );
+}

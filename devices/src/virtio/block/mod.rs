@@ -295,10 +295,14 @@ impl VirtioDevice for Block {
     }
 
     fn queue_notify(&mut self, queue_index: u32) -> Result<(), VirtioError> {
-        if queue_index != 0 {
-            return Err(VirtioError::NoSuchQueue { index: queue_index });
-        }
-        let handler = self.handler.as_mut().ok_or(VirtioError::NotActive)?;
+        let Some(handler) = self.handler.as_mut().filter(|_| queue_index == 0) else {
+            // The transport turns this into NEEDS_RESET; count it like every other reset cause.
+            self.metrics.needs_reset.inc();
+            return Err(match self.handler {
+                None => VirtioError::NotActive,
+                Some(_) => VirtioError::NoSuchQueue { index: queue_index },
+            });
+        };
         handler
             .process_queue()
             .map_err(|error| VirtioError::Handler(Box::new(error)))
