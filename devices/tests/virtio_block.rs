@@ -15,7 +15,8 @@ use hv_storage::BlockBackend;
 use virtio_bindings::virtio_blk::*;
 use virtio_bindings::virtio_config::*;
 use virtio_bindings::virtio_ring::{
-    VIRTIO_RING_F_INDIRECT_DESC, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
+    VRING_DESC_F_WRITE,
 };
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
@@ -82,8 +83,18 @@ fn write_reg(t: &mut MmioTransport, offset: u64, value: u32) {
     t.write(offset, &value.to_le_bytes());
 }
 
-/// What Linux's virtio_mmio + virtio_blk probe does, up to DRIVER_OK.
+/// Negotiation by a driver without event-index support: it interrupts after every batch.
 fn negotiate(t: &mut MmioTransport, queue: &MockSplitQueue<GuestMemoryMmap>) -> u64 {
+    negotiate_accepting(t, queue, !(1 << VIRTIO_RING_F_EVENT_IDX))
+}
+
+/// What Linux's virtio_mmio + virtio_blk probe does, up to DRIVER_OK; the driver accepts the
+/// offered features that are also in `accept`. Returns the offered features.
+fn negotiate_accepting(
+    t: &mut MmioTransport,
+    queue: &MockSplitQueue<GuestMemoryMmap>,
+    accept: u64,
+) -> u64 {
     assert_eq!(read_reg(t, 0x000), 0x7472_6976, "magic");
     assert_eq!(read_reg(t, 0x004), 2, "version");
     assert_eq!(read_reg(t, 0x008), 2, "device id: block");
@@ -100,10 +111,11 @@ fn negotiate(t: &mut MmioTransport, queue: &MockSplitQueue<GuestMemoryMmap>) -> 
     let high = read_reg(t, 0x010);
     let features = u64::from(high) << 32 | u64::from(low);
     assert_ne!(features & (1 << VIRTIO_F_VERSION_1), 0);
+    let accepted = features & accept;
     write_reg(t, 0x024, 0);
-    write_reg(t, 0x020, low);
+    write_reg(t, 0x020, accepted as u32);
     write_reg(t, 0x024, 1);
-    write_reg(t, 0x020, high);
+    write_reg(t, 0x020, (accepted >> 32) as u32);
     let features_ok =
         VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER | VIRTIO_CONFIG_S_FEATURES_OK;
     write_reg(t, 0x070, features_ok);
@@ -591,4 +603,36 @@ fn test_block_notify_for_a_missing_queue_needs_reset() {
         read_reg(&mut s.transport, 0x070) & VIRTIO_CONFIG_S_NEEDS_RESET,
         0
     );
+}
+
+#[test]
+fn test_block_event_idx_interrupts_only_when_the_driver_asks() {
+    let mut s = setup(false);
+    let mem = s.mem.clone();
+    let queue = MockSplitQueue::create(mem.as_ref(), RING_BASE, QUEUE_LEN);
+    let features = negotiate_accepting(&mut s.transport, &queue, u64::MAX);
+    assert_ne!(features & (1 << VIRTIO_RING_F_EVENT_IDX), 0);
+    // used_event sits after the available ring entries; the driver wants an interrupt once the
+    // used index moves past 1, i.e. at the second completion.
+    let used_event = queue
+        .avail_addr()
+        .unchecked_add(4 + 2 * u64::from(QUEUE_LEN));
+    s.mem.write_obj(1u16, used_event).unwrap();
+    assert_eq!(request(&mut s, &queue, VIRTIO_BLK_T_FLUSH, 0, 0), (0, 1));
+    assert_eq!(
+        s.interrupts.load(Ordering::SeqCst),
+        0,
+        "first completion suppressed"
+    );
+    assert_eq!(request(&mut s, &queue, VIRTIO_BLK_T_FLUSH, 0, 0), (0, 1));
+    assert_eq!(
+        s.interrupts.load(Ordering::SeqCst),
+        1,
+        "second completion interrupts"
+    );
+    // The device publishes avail_event (after the used ring entries) = where it will look next.
+    let avail_event = queue
+        .used_addr()
+        .unchecked_add(4 + 8 * u64::from(QUEUE_LEN));
+    assert_eq!(s.mem.read_obj::<u16>(avail_event).unwrap(), 2);
 }

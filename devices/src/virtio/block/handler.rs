@@ -41,38 +41,60 @@ impl BlockQueueHandler {
 
     fn complete_available(&mut self) -> Result<(), BlockError> {
         let memory = self.memory.clone();
+        let mut used_any = false;
+        // Suppress driver notifications while draining, then re-enable them and look once more,
+        // so a request made available in between is not left waiting (section 2.7.10).
+        let drained = loop {
+            self.queue
+                .disable_notification(memory.as_ref())
+                .map_err(BlockError::Queue)?;
+            let drained = self.complete_batch(&mut used_any);
+            if drained.is_err() {
+                break drained;
+            }
+            let more = self
+                .queue
+                .enable_notification(memory.as_ref())
+                .map_err(BlockError::Queue)?;
+            if !more {
+                break drained;
+            }
+        };
+        // With VIRTIO_RING_F_EVENT_IDX the driver's used_event decides whether it wants an
+        // interrupt; without it this is always true.
+        let wants_interrupt = used_any
+            && self
+                .queue
+                .needs_notification(memory.as_ref())
+                .map_err(BlockError::Queue)?;
+        if wants_interrupt {
+            if let Err(error) = self.interrupt.signal_used_queue() {
+                self.metrics.interrupt_failures.inc();
+                return drained.and(Err(BlockError::Interrupt(error)));
+            }
+        }
+        drained
+    }
+
+    /// Completes what is available now; stops at the first chain that breaks the queue.
+    fn complete_batch(&mut self, used_any: &mut bool) -> Result<(), BlockError> {
+        let memory = self.memory.clone();
         let chains: Vec<DescriptorChain<&GuestMemoryMmap>> = self
             .queue
             .iter(memory.as_ref())
             .map_err(BlockError::Queue)?
             .collect();
-        let mut used_any = false;
-        let mut failure = None;
         for chain in chains {
             let head = chain.head_index();
-            let used_len = match self.complete(chain) {
-                Ok(len) => len,
-                Err(error) => {
-                    failure = Some(error);
-                    0
-                }
-            };
+            let completed = self.complete(chain);
             // Even a chain we could not serve goes back to the driver, so its buffers are not lost.
             self.queue
-                .add_used(memory.as_ref(), head, used_len)
+                .add_used(memory.as_ref(), head, *completed.as_ref().unwrap_or(&0))
                 .map_err(BlockError::Queue)?;
-            used_any = true;
-            if failure.is_some() {
-                break;
-            }
+            *used_any = true;
+            completed?;
         }
-        if used_any {
-            if let Err(error) = self.interrupt.signal_used_queue() {
-                self.metrics.interrupt_failures.inc();
-                failure.get_or_insert(BlockError::Interrupt(error));
-            }
-        }
-        failure.map_or(Ok(()), Err)
+        Ok(())
     }
 
     /// Runs one request; returns how many bytes it wrote into device-writable buffers.

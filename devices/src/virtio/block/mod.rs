@@ -18,7 +18,7 @@ use virtio_bindings::virtio_blk::{
 };
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{Queue, QueueT};
 
 use self::handler::BlockQueueHandler;
@@ -236,6 +236,7 @@ impl VirtioDevice for Block {
         // Indirect tables cost nothing extra: virtio-queue follows them while walking a chain.
         let mut features = 1u64 << VIRTIO_F_VERSION_1
             | 1 << VIRTIO_RING_F_INDIRECT_DESC
+            | 1 << VIRTIO_RING_F_EVENT_IDX
             | 1 << VIRTIO_BLK_F_SEG_MAX
             | 1 << VIRTIO_BLK_F_FLUSH
             | 1 << VIRTIO_BLK_F_DISCARD
@@ -273,11 +274,12 @@ impl VirtioDevice for Block {
         queues: Vec<Queue>,
     ) -> Result<(), VirtioError> {
         let got = queues.len();
-        let queue = queues
+        let mut queue = queues
             .into_iter()
             .next()
             .filter(|_| got == 1)
             .ok_or(VirtioError::QueueCount { expected: 1, got })?;
+        queue.set_event_idx(self.acked_features & 1 << VIRTIO_RING_F_EVENT_IDX != 0);
         if !queue.is_valid(memory.as_ref()) {
             self.metrics.needs_reset.inc();
             return Err(VirtioError::InvalidQueue { index: 0 });
