@@ -636,3 +636,23 @@ fn test_block_event_idx_interrupts_only_when_the_driver_asks() {
         .unchecked_add(4 + 8 * u64::from(QUEUE_LEN));
     assert_eq!(s.mem.read_obj::<u16>(avail_event).unwrap(), 2);
 }
+
+#[test]
+fn test_block_transport_is_reachable_through_the_mmio_bus() {
+    let s = setup(false);
+    let base = 0xd000_1000;
+    let mut bus = hv_devices::Bus::new();
+    let transport = Arc::new(std::sync::Mutex::new(s.transport));
+    bus.insert(transport, base, hv_devices::virtio::mmio::MMIO_REGION_SIZE)
+        .unwrap();
+    let mut word = [0u8; 4];
+    assert!(bus.read(base, &mut word));
+    assert_eq!(u32::from_le_bytes(word), 0x7472_6976);
+    let mut capacity = [0u8; 8];
+    assert!(bus.read(base + 0x100, &mut capacity));
+    assert_eq!(u64::from_le_bytes(capacity), DISK_SIZE / 512);
+    assert!(
+        !bus.read(base + 0x200, &mut word),
+        "the region ends at 0x200"
+    );
+}

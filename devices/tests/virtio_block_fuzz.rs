@@ -13,10 +13,12 @@ use hv_storage::raw::RawFileBackend;
 use hv_storage::BlockBackend;
 use proptest::prelude::*;
 use virtio_bindings::virtio_config::*;
-use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::virtio_ring::{
+    VIRTIO_RING_F_EVENT_IDX, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
 const MEM_SIZE: u64 = 0x40_0000;
 const QUEUE_LEN: u16 = 16;
@@ -140,6 +142,8 @@ proptest! {
         descs in chain(),
         headers in proptest::collection::vec(header(), 1..4),
         read_only in any::<bool>(),
+        event_idx in any::<bool>(),
+        used_event in any::<u16>(),
     ) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("disk.raw");
@@ -156,6 +160,12 @@ proptest! {
         // Negotiate and set the queue up the way a driver does.
         write_reg(&mut t, 0x070, 1);
         write_reg(&mut t, 0x070, 3);
+        if event_idx {
+            write_reg(&mut t, 0x024, 0);
+            write_reg(&mut t, 0x020, 1 << VIRTIO_RING_F_EVENT_IDX);
+            let used_event_addr = queue.avail_addr().unchecked_add(4 + 2 * u64::from(QUEUE_LEN));
+            mem.write_obj(used_event, used_event_addr).unwrap();
+        }
         write_reg(&mut t, 0x024, 1);
         write_reg(&mut t, 0x020, 1);
         write_reg(&mut t, 0x070, 3 | VIRTIO_CONFIG_S_FEATURES_OK);
