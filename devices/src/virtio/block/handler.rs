@@ -27,7 +27,8 @@ pub struct BlockQueueHandler {
 }
 
 impl BlockQueueHandler {
-    /// Completes every available request, then interrupts the driver once if any was used.
+    /// Completes every available request, then interrupts the driver at most once: whenever any
+    /// chain was used, or with EVENT_IDX only when the driver's used_event was passed.
     ///
     /// An error means the queue itself is broken (bad available index, a chain without a place for
     /// the status byte, an unwritable used ring): the caller sets NEEDS_RESET.
