@@ -7,5 +7,6 @@
 pub mod bus;
 pub mod legacy;
 pub mod trigger;
+pub mod virtio;
 
 pub use bus::{Bus, BusDevice, BusError};
