@@ -18,6 +18,7 @@ const GUESTS: &[&str] = &[
     "hello64",
     "halt",
     "triple",
+    "virtio_probe",
 ];
 
 fn main() {

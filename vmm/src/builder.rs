@@ -14,7 +14,11 @@ use hv_devices::legacy::{
     COM1_PORT_BASE, COM1_PORT_LEN, I8042, I8042_PORT_BASE, I8042_PORT_LEN,
 };
 use hv_devices::trigger::{CallbackTrigger, EventFdTrigger};
+use hv_devices::virtio::block::{Block, BlockConfig};
+use hv_devices::virtio::mmio::{kernel_cmdline_fragment, MmioTransport, MMIO_REGION_SIZE};
+use hv_devices::virtio::Interrupt;
 use hv_devices::BusError;
+use hv_storage::raw::RawFileBackend;
 use linux_loader::cmdline::Cmdline;
 use linux_loader::loader::load_cmdline;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -23,7 +27,9 @@ use crate::api::{spawn_api_server, ApiError, ApiSocket};
 use crate::arch::acpi::{self, AcpiError};
 use crate::arch::boot::{write_pvh_start_info, write_zero_page, BootInfoError, BootProtocol};
 use crate::arch::cpuid::Topology;
-use crate::arch::layout::{CMDLINE_MAX_SIZE, CMDLINE_START};
+use crate::arch::layout::{
+    CMDLINE_MAX_SIZE, CMDLINE_START, VIRTIO_FIRST_IRQ, VIRTIO_MMIO_SLOT, VIRTIO_MMIO_START,
+};
 use crate::arch::memory_map::memory_map;
 use crate::arch::mptable::{self, MpTableError};
 use crate::arch::regs::{write_boot_descriptor_tables, write_identity_page_tables, RegsError};
@@ -86,6 +92,12 @@ pub enum BuildError {
     },
     #[error(transparent)]
     Api(#[from] ApiError),
+    #[error("cannot open disk {path}")]
+    Disk {
+        path: std::path::PathBuf,
+        #[source]
+        source: hv_storage::tier::TierError,
+    },
     #[error("cannot install the vCPU kick signal handler")]
     KickHandler(#[source] vmm_sys_util::errno::Error),
     #[error("cannot start vCPU thread {index}")]
@@ -141,6 +153,25 @@ fn serial_output(mode: &SerialMode) -> Result<SerialOutput, BuildError> {
     })
 }
 
+/// Guest-physical base and IRQ line of the virtio-mmio slot for disk `index`.
+fn disk_slot(index: usize) -> (u64, u32) {
+    (
+        VIRTIO_MMIO_START + index as u64 * VIRTIO_MMIO_SLOT,
+        VIRTIO_FIRST_IRQ + index as u32,
+    )
+}
+
+/// The user's command line plus one `virtio_mmio.device=` fragment per virtio device.
+fn kernel_cmdline(config: &VmConfig) -> String {
+    let mut cmdline = config.cmdline.clone();
+    for index in 0..config.disks.len() {
+        let (base, irq) = disk_slot(index);
+        cmdline.push(' ');
+        cmdline.push_str(&kernel_cmdline_fragment(base, MMIO_REGION_SIZE, irq));
+    }
+    cmdline
+}
+
 /// Loads kernel, initrd and command line, and writes the boot tables. Returns how to enter.
 fn load_guest(vm: &Vm, config: &VmConfig) -> Result<(BootProtocol, u64), BuildError> {
     let mem = &vm.memory;
@@ -150,8 +181,9 @@ fn load_guest(vm: &Vm, config: &VmConfig) -> Result<(BootProtocol, u64), BuildEr
         .as_deref()
         .map(|path| load_initrd(mem, config.memory_bytes, &kernel, path))
         .transpose()?;
+    let cmdline_text = kernel_cmdline(config);
     let cmdline =
-        Cmdline::try_from(&config.cmdline, CMDLINE_MAX_SIZE).map_err(BuildError::Cmdline)?;
+        Cmdline::try_from(&cmdline_text, CMDLINE_MAX_SIZE).map_err(BuildError::Cmdline)?;
     load_cmdline(mem, vm_memory::GuestAddress(CMDLINE_START), &cmdline)
         .map_err(BuildError::CmdlineWrite)?;
     let map = memory_map(config.memory_bytes);
@@ -162,13 +194,52 @@ fn load_guest(vm: &Vm, config: &VmConfig) -> Result<(BootProtocol, u64), BuildEr
     match kernel.protocol {
         BootProtocol::Pvh => write_pvh_start_info(mem, initrd, &map, rsdp)?,
         BootProtocol::Linux64 => {
-            let cmdline_len = config.cmdline.len();
+            let cmdline_len = cmdline_text.len();
             write_zero_page(mem, kernel.setup_header, cmdline_len, initrd, &map, rsdp)?;
             write_identity_page_tables(mem)?;
         }
     }
     write_boot_descriptor_tables(mem, kernel.protocol)?;
     Ok((kernel.protocol, kernel.entry))
+}
+
+/// Puts one virtio-blk device per `--disk` on the MMIO bus, each with its own irqfd.
+fn attach_disks(vm: &Vm, config: &VmConfig, buses: &mut IoBuses) -> Result<(), BuildError> {
+    if config.disks.is_empty() {
+        return Ok(());
+    }
+    let memory = Arc::new(vm.memory.clone());
+    for (index, disk) in config.disks.iter().enumerate() {
+        let (base, irq) = disk_slot(index);
+        let backend = RawFileBackend::open(&disk.path, disk.read_only).map_err(|source| {
+            BuildError::Disk {
+                path: disk.path.clone(),
+                source,
+            }
+        })?;
+        let irq_evt = EventFd::new(EFD_NONBLOCK).map_err(|source| BuildError::Device {
+            what: "virtio interrupt eventfd",
+            source,
+        })?;
+        vm.register_irqfd(&irq_evt, irq)?;
+        let block = Block::new(
+            BlockConfig {
+                read_only: disk.read_only,
+                disk_id: format!("hv-disk{index}"),
+                ..Default::default()
+            },
+            Arc::new(backend),
+        );
+        let transport = MmioTransport::new(
+            Box::new(block),
+            memory.clone(),
+            Interrupt::new(EventFdTrigger(irq_evt)),
+        );
+        buses
+            .mmio
+            .insert(Arc::new(Mutex::new(transport)), base, MMIO_REGION_SIZE)?;
+    }
+    Ok(())
 }
 
 /// Creates the legacy devices and the buses that route to them.
@@ -208,6 +279,7 @@ fn create_devices(
     }));
 
     let mut buses = IoBuses::default();
+    attach_disks(vm, config, &mut buses)?;
     buses
         .pio
         .insert(serial.clone(), COM1_PORT_BASE, COM1_PORT_LEN)?;

@@ -11,6 +11,10 @@ pub const DEFAULT_MEMORY_BYTES: u64 = 128 << 20;
 pub const MAX_VCPUS: u32 = 254;
 /// Command line when none is given: the serial console, and reboot through the i8042 so that a
 /// guest `reboot` ends the VM cleanly.
+/// Most virtio disks: one ISA IRQ line each, 5 to 15.
+pub const MAX_DISKS: usize = 11;
+/// Command line when none is given: the serial console, and reboot through the i8042 so that a
+/// guest `reboot` ends the VM cleanly.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
 
 /// Errors in VM settings.
@@ -22,6 +26,12 @@ pub enum ConfigError {
     /// A size that does not fit in 64 bits.
     #[error("size {input:?} is too large")]
     SizeOverflow { input: String },
+    /// `--disk` value not understood.
+    #[error("invalid disk {input:?}: expected PATH or PATH,ro")]
+    InvalidDisk { input: String },
+    /// More disks than free legacy IRQ lines.
+    #[error("{count} disks requested; hv-vmm supports at most {MAX_DISKS}")]
+    TooManyDisks { count: usize },
     /// `--serial` value not understood.
     #[error("invalid serial setting {input:?}: expected stdio, none or file:PATH")]
     InvalidSerial { input: String },
@@ -175,6 +185,39 @@ impl From<SerialMode> for String {
     }
 }
 
+/// A disk: a raw image file served to the guest as a virtio-blk device over virtio-mmio.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+impl FromStr for DiskConfig {
+    type Err = ConfigError;
+
+    /// `PATH` or `PATH,ro` (also `PATH,readonly`).
+    fn from_str(input: &str) -> Result<Self, ConfigError> {
+        let invalid = || ConfigError::InvalidDisk {
+            input: input.to_string(),
+        };
+        let (path, read_only) = match input.rsplit_once(',') {
+            Some((path, "ro" | "readonly")) => (path, true),
+            Some((path, "rw")) => (path, false),
+            Some(_) => return Err(invalid()),
+            None => (input, false),
+        };
+        if path.is_empty() {
+            return Err(invalid());
+        }
+        Ok(DiskConfig {
+            path: PathBuf::from(path),
+            read_only,
+        })
+    }
+}
+
 /// The settings as they may appear in `--config FILE.json`: every field optional, names as the flags.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "snake_case")]
@@ -186,6 +229,7 @@ pub struct VmConfigFile {
     pub memory: Option<ByteSize>,
     pub serial: Option<SerialMode>,
     pub api_socket: Option<PathBuf>,
+    pub disks: Option<Vec<DiskConfig>>,
 }
 
 impl VmConfigFile {
@@ -211,6 +255,7 @@ impl VmConfigFile {
             memory: overrides.memory.or(self.memory),
             serial: overrides.serial.or(self.serial),
             api_socket: overrides.api_socket.or(self.api_socket),
+            disks: overrides.disks.or(self.disks),
         }
     }
 
@@ -224,7 +269,12 @@ impl VmConfigFile {
             .ok()
             .filter(|n| u32::from(*n) <= MAX_VCPUS)
             .ok_or(ConfigError::TooManyVcpus { requested })?;
+        let disks = self.disks.unwrap_or_default();
+        if disks.len() > MAX_DISKS {
+            return Err(ConfigError::TooManyDisks { count: disks.len() });
+        }
         Ok(VmConfig {
+            disks,
             kernel: self.kernel.ok_or(ConfigError::MissingKernel)?,
             initrd: self.initrd,
             cmdline: self.cmdline.unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
@@ -246,6 +296,7 @@ pub struct VmConfig {
     pub memory_bytes: u64,
     pub serial: SerialMode,
     pub api_socket: Option<PathBuf>,
+    pub disks: Vec<DiskConfig>,
 }
 
 #[cfg(test)]
@@ -292,6 +343,25 @@ mod tests {
             let shown = ByteSize(bytes).to_string();
             assert_eq!(shown.parse::<ByteSize>().unwrap().0, bytes);
         }
+    }
+
+    #[test]
+    fn test_disk_config_parses_path_and_mode() {
+        let rw: DiskConfig = "/img/root.raw".parse().unwrap();
+        assert_eq!(
+            (rw.path.to_str().unwrap(), rw.read_only),
+            ("/img/root.raw", false)
+        );
+        let ro: DiskConfig = "/a,b/data.raw,ro".parse().unwrap();
+        assert_eq!(
+            (ro.path.to_str().unwrap(), ro.read_only),
+            ("/a,b/data.raw", true)
+        );
+        assert!("".parse::<DiskConfig>().is_err());
+        assert!(",ro".parse::<DiskConfig>().is_err());
+        assert!("/x,fast".parse::<DiskConfig>().is_err());
+        let json: DiskConfig = serde_json::from_str(r#"{"path":"/d","read_only":true}"#).unwrap();
+        assert!(json.read_only);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use hv_vmm::builder::{build_and_start, CpuidPrefetch, RunningVm};
 use hv_vmm::clock::ProcessClock;
-use hv_vmm::config::{ByteSize, SerialMode, VmConfigFile};
+use hv_vmm::config::{ByteSize, DiskConfig, SerialMode, VmConfigFile};
 use hv_vmm::event::VmmEvent;
 use hv_vmm::runtime::{self, ExitReason};
 use nix::sys::signal::{SigSet, Signal};
@@ -60,8 +60,13 @@ struct RunArgs {
     /// Serve the VM's HTTP API on this Unix socket (GET /vm, PUT /vm/pause|resume|shutdown).
     #[arg(long, value_name = "PATH")]
     api_socket: Option<PathBuf>,
+    /// A raw disk image for the guest, as a virtio-blk device on virtio-mmio (announced on the
+    /// kernel command line as `virtio_mmio.device=`); `,ro` makes it read-only. Repeatable.
+    #[arg(long = "disk", value_name = "PATH[,ro]")]
+    disks: Vec<DiskConfig>,
     /// Read the same settings from a JSON file (keys: kernel, initrd, cmdline, vcpus, memory,
-    /// serial, api_socket); flags given on the command line override it.
+    /// serial, api_socket, disks: [{"path", "read_only"}]); flags given on the command line
+    /// override it.
     #[arg(long, value_name = "FILE.json")]
     config: Option<PathBuf>,
 }
@@ -76,6 +81,7 @@ impl RunArgs {
             memory: self.memory,
             serial: self.serial,
             api_socket: self.api_socket,
+            disks: (!self.disks.is_empty()).then_some(self.disks),
         };
         match self.config {
             Some(path) => Ok(VmConfigFile::load(&path)?.overridden_by(flags)),

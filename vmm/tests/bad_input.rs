@@ -140,8 +140,32 @@ fn test_help_documents_every_flag() {
         "--serial",
         "--api-socket",
         "--config",
+        "--disk",
         "Exit codes",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
+}
+
+#[test]
+fn test_missing_or_malformed_disk() {
+    if !kvm_or_skip("test_missing_or_malformed_disk") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kernel = guest_file(dir.path(), "hello");
+    let out = run_vmm(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--disk",
+        "/nonexistent/disk.raw",
+    ]);
+    assert_one_line_error(&out, 1, "cannot open disk /nonexistent/disk.raw");
+    let out = run_vmm(&[
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--disk",
+        "/d.raw,fast",
+    ]);
+    assert_one_line_error(&out, 2, "invalid disk");
 }

@@ -197,3 +197,54 @@ fn test_initrd_is_accepted_and_guest_still_boots() {
     assert!(out.status.success(), "{}", out.stderr);
     assert_eq!(out.stdout, "RDY\n");
 }
+
+#[test]
+fn test_virtio_disk_is_visible_to_guest_at_announced_address() {
+    if !kvm_or_skip("test_virtio_disk_is_visible_to_guest_at_announced_address") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let probe = guest_file(dir.path(), "virtio_probe");
+    let disk = dir.path().join("disk.raw");
+    std::fs::write(&disk, vec![0u8; 3 << 20]).unwrap();
+    let disk_arg = disk.to_str().unwrap();
+
+    // MagicValue "virt", Version 2, DeviceID 2 (block), capacity 3 MiB = 0x1800 sectors.
+    let out = run_vmm(&["--kernel", probe.to_str().unwrap(), "--disk", disk_arg]);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert!(
+        out.stdout.contains("VIRTIO 74726976 2 2 1800\n"),
+        "{}",
+        out.stdout
+    );
+
+    // Without a disk nothing answers at that address: the reads float to all ones.
+    let out = run_vmm(&["--kernel", probe.to_str().unwrap()]);
+    assert!(
+        out.stdout
+            .contains("VIRTIO ffffffff ffffffff ffffffff ffffffff\n"),
+        "{}",
+        out.stdout
+    );
+
+    // Each disk is announced with Linux's virtio_mmio.device=<size>@<base>:<irq> syntax.
+    let cmdline = guest_file(dir.path(), "cmdline");
+    let read_only = format!("{disk_arg},ro");
+    let out = run_vmm(&[
+        "--kernel",
+        cmdline.to_str().unwrap(),
+        "--cmdline",
+        "quiet",
+        "--disk",
+        disk_arg,
+        "--disk",
+        &read_only,
+    ]);
+    assert!(
+        out.stdout.contains(
+            "CMDLINE:quiet virtio_mmio.device=0x200@0xd0001000:5 virtio_mmio.device=0x200@0xd0002000:6\n"
+        ),
+        "{}",
+        out.stdout
+    );
+}

@@ -89,6 +89,14 @@ static GUESTS: &[Guest] = &[
         exits_by_itself: true,
     },
     Guest {
+        name: "virtio_probe",
+        description: "PVH: prints the virtio-mmio identity registers at 0xd0001000 and the block capacity, resets",
+        elf: guest_elf!("virtio_probe"),
+        vcpus: 1,
+        expected_serial: "VIRTIO ",
+        exits_by_itself: true,
+    },
+    Guest {
         name: "e820",
         description: "PVH: prints MEM <addr> <size> <type> per hvm_start_info memory-map entry, then E820 END <n>, resets",
         elf: guest_elf!("e820"),

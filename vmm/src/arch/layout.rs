@@ -52,6 +52,12 @@ pub const HIGH_MEMORY_START: u64 = 0x10_0000;
 pub const MMIO_HOLE_START: u64 = 0xc000_0000;
 /// First address above 4 GiB, where RAM continues.
 pub const FIRST_ADDR_PAST_32BITS: u64 = 1 << 32;
+/// First virtio-mmio device slot (the boot marker has the page before it).
+pub const VIRTIO_MMIO_START: u64 = 0xd000_1000;
+/// One 4 KiB page per virtio-mmio device.
+pub const VIRTIO_MMIO_SLOT: u64 = 0x1000;
+/// First legacy IRQ line for virtio devices (COM1 has 4).
+pub const VIRTIO_FIRST_IRQ: u32 = 5;
 /// IOAPIC MMIO base.
 pub const IOAPIC_START: u64 = 0xfec0_0000;
 /// Local APIC MMIO base.
