@@ -1,7 +1,7 @@
 //! Launching and supervising instances on hv-vmm.
 //!
-//! `launch` records the unit revision, creates one folder per instance under the state dir and starts a
-//! detached supervisor (`hv-compute __supervise ID`, its own process group) for each. The supervisor runs
+//! `launch` records the unit revision, creates one folder per instance under the state dir and hands
+//! each to a detached supervisor (its own process group), forked ahead of time (see `pool`). It runs
 //! hv-vmm with the resolved settings (serial output to the instance's `serial.log`), watches hv-vmm's
 //! stderr for `hv-vmm: guest ready after <N> us`, tells `launch` through a pipe (one line), keeps the
 //! instance record current, and applies the unit's restart policy when hv-vmm exits. `stop` marks the
