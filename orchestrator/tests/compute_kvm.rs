@@ -179,3 +179,118 @@ fn test_kvm_restart_policy_boots_the_guest_again() {
         "three boots in the serial log"
     );
 }
+
+/// Live processes whose environment names `needle` (our unique state dir): launch and its supervisors.
+fn processes_with_env(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // Zombies (state Z after the command name) are gone for our purposes.
+        let zombie = stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z'));
+        let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        if !zombie && String::from_utf8_lossy(&environ).contains(needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Field 5 of /proc/PID/stat: the process group.
+fn process_group(pid: u64) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let (_, rest) = stat.rsplit_once(") ").unwrap();
+    rest.split(' ').nth(2).unwrap().parse().unwrap()
+}
+
+#[test]
+fn test_kvm_forked_supervisor_is_detached_and_keeps_supervising() {
+    let Some(vmm) = vmm_binary() else { return };
+    let env = Env::new(vmm, &[("idle", "halt", "")]);
+    // `output()` waits for end of file on launch's stdout: it returns only if the forked supervisor
+    // does not keep launch's stdout open.
+    let output = env.run(&["--json", "launch", "idle"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let record = env.wait_for_state("idle.0", "running");
+    let supervisor = record["supervisor_pid"].as_u64().unwrap();
+    assert!(
+        std::path::Path::new(&format!("/proc/{supervisor}")).exists(),
+        "the supervisor outlives the launch command"
+    );
+    assert_eq!(
+        process_group(supervisor),
+        supervisor,
+        "the supervisor leads its own process group (Ctrl-C on launch's terminal spares it)"
+    );
+    assert!(env.run(&["stop", "idle.0"]).status.success());
+    let record = env.wait_for_state("idle.0", "stopped");
+    assert_eq!(record["last_exit_code"], 0, "the exit code is recorded");
+}
+
+#[test]
+fn test_kvm_exec_supervisors_still_launch_and_record_exits() {
+    let Some(vmm) = vmm_binary() else { return };
+    let env = Env::new(vmm, &[("marker", "marker", "")]);
+    let output = Command::new(env!("CARGO_BIN_EXE_hv-compute"))
+        .env("HV_SPEC_DIR", env.root.join("spec"))
+        .env("HV_STATE_DIR", env.root.join("state"))
+        .env("HV_VMM_BIN", &env.vmm)
+        .env("HV_COMPUTE_SUPERVISOR", "exec")
+        .args(["--json", "launch", "marker"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let outcome: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(outcome[0]["boot_time_us"].as_u64().unwrap() > 0);
+    let record = env.wait_for_state("marker.0", "exited");
+    assert_eq!(record["last_exit_code"], 0);
+}
+
+#[test]
+fn test_kvm_unused_forked_supervisors_exit_while_a_sibling_runs() {
+    let Some(vmm) = vmm_binary() else { return };
+    let env = Env::new(vmm, &[("idle", "halt", "")]);
+    std::fs::write(
+        env.root.join("spec/units/broken.toml"),
+        "boot.kernel = 'missing.elf'\n",
+    )
+    .unwrap();
+    // Two supervisors are forked; `idle` gets one, then `broken` fails before using the other. The
+    // running sibling must not keep the unused one alive through an inherited pipe end.
+    let output = env.run(&["launch", "idle", "broken"]);
+    assert!(!output.status.success());
+    let record = env.wait_for_state("idle.0", "running");
+    let mut expected = vec![
+        record["supervisor_pid"].as_u64().unwrap() as u32,
+        record["vmm_pid"].as_u64().unwrap() as u32,
+    ];
+    expected.sort();
+    let state_dir = env.root.join("state").display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut left = processes_with_env(&state_dir);
+        left.sort();
+        if left == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected only the supervisor and hv-vmm of idle.0 {expected:?}, found {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(env.run(&["stop", "idle.0"]).status.success());
+    env.wait_for_state("idle.0", "stopped");
+}

@@ -4,7 +4,8 @@
 1. N tiny-guest units launched at once by one `hv-compute launch` (all guests ready = boot marker).
 2. The same N guests started at once by running hv-vmm directly (no orchestrator): until each prints RDY.
 3. The same N guests started at once under QEMU microvm (the peer), until each prints RDY on its serial.
-4. Orchestrator overhead per launch: REPS sequential `hv-compute launch` of one unit; overhead = launch
+4. Orchestrator overhead per launch, with forked supervisors (default) and exec'd ones
+   (HV_COMPUTE_SUPERVISOR=exec): REPS sequential `hv-compute launch` of one unit each; overhead = launch
    command start -> guest ready, minus hv-vmm's own exec -> ready (both as hv-compute reports them), and
    externally: the `hv-compute launch` process's wall time minus hv-vmm's boot time.
 
@@ -101,32 +102,36 @@ def main():
         else:
             print("QEMU microvm: skipped (qemu-system-x86_64 not installed)")
 
-        # 4. per-launch overhead, sequential
-        env["HV_STATE_DIR"] = f"{work}/state-seq"
-        internal, external, boots, to_supervisor, supervisor_to_vmm = [], [], [], [], []
-        for _ in range(reps):
-            start = time.monotonic()
-            out = subprocess.run([hv_compute, "--json", "launch", "tiny-00"], env=env, capture_output=True)
-            wall_us = (time.monotonic() - start) * 1e6
-            o = json.loads(out.stdout)[0]
-            internal.append(o["overhead_us"])
-            to_supervisor.append(o["supervisor_spawned_us"])
-            with open(f"{work}/state-seq/instances/{o['instance']}/supervisor.log") as log:
-                for line in log:
-                    if "spawned" in line:
-                        supervisor_to_vmm.append(int(line.split(" spawned ")[1].split()[0]))
-            boots.append(o["boot_time_us"])
-            external.append(wall_us - o["boot_time_us"])
-            time.sleep(0.05)
-
+        # 4. per-launch overhead, sequential: forked supervisors (the default) and exec'd ones
+        #    (HV_COMPUTE_SUPERVISOR=exec, the previous design), one after the other in this run.
         def summary(xs):
             xs = sorted(xs)
             return f"median {statistics.median(xs)/1000:.2f} ms, p90 {xs[int(len(xs)*0.9)-1]/1000:.2f} ms"
-        print(f"hv-vmm boot (exec -> ready), {reps} sequential launches: {summary(boots)}")
-        print(f"orchestrator overhead (launch start -> ready, minus hv-vmm boot): {summary(internal)}")
-        print(f"  of which: launch start -> supervisor spawned: {summary(to_supervisor)}; "
-              f"supervisor start -> hv-vmm spawned: {summary(supervisor_to_vmm)}")
-        print(f"orchestrator overhead incl. hv-compute exec/exit (process wall minus hv-vmm boot): {summary(external)}")
+
+        for mode in ("fork", "exec"):
+            env["HV_STATE_DIR"] = f"{work}/state-seq-{mode}"
+            env["HV_COMPUTE_SUPERVISOR"] = mode
+            internal, external, boots, to_supervisor, supervisor_to_vmm = [], [], [], [], []
+            for _ in range(reps):
+                start = time.monotonic()
+                out = subprocess.run([hv_compute, "--json", "launch", "tiny-00"], env=env, capture_output=True)
+                wall_us = (time.monotonic() - start) * 1e6
+                o = json.loads(out.stdout)[0]
+                internal.append(o["overhead_us"])
+                to_supervisor.append(o["supervisor_spawned_us"])
+                with open(f"{work}/state-seq-{mode}/instances/{o['instance']}/supervisor.log") as log:
+                    for line in log:
+                        if "spawned" in line:
+                            supervisor_to_vmm.append(int(line.split(" spawned ")[1].split()[0]))
+                boots.append(o["boot_time_us"])
+                external.append(wall_us - o["boot_time_us"])
+                time.sleep(0.05)
+            print(f"[{mode} supervisors] {reps} sequential launches of one unit:")
+            print(f"  hv-vmm boot (exec -> ready): {summary(boots)}")
+            print(f"  orchestrator overhead (launch start -> ready, minus hv-vmm boot): {summary(internal)}")
+            print(f"  launch start -> supervisor assigned and record committed: {summary(to_supervisor)}; "
+                  f"supervisor has its instance -> hv-vmm spawned: {summary(supervisor_to_vmm)}")
+            print(f"  overhead incl. hv-compute exec/exit (process wall minus hv-vmm boot): {summary(external)}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -468,24 +468,13 @@ fn dispatch(cli: Cli, started: std::time::Instant) -> Result<ExitCode, CliError>
                 .state_dir
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(state::DEFAULT_STATE_DIR));
-            let (instance, started) = if instance == "-" {
-                // Pre-started by `launch`: wait for the instance, then log to its folder.
-                let mut line = String::new();
-                let _ = std::io::stdin().read_line(&mut line);
-                let id = line.trim().to_owned();
-                if id.is_empty() {
-                    return Ok(ExitCode::SUCCESS);
-                }
-                let log_path = dir.join("instances").join(&id).join("supervisor.log");
-                if let Ok(log) = std::fs::File::create(&log_path) {
-                    let _ = nix::unistd::dup2_stderr(&log);
-                }
-                (id, std::time::Instant::now())
+            let supervised = if instance == "-" {
+                // Pre-started by `launch`: waits for the instance, then logs to its folder.
+                launch::supervise_assigned(&dir, global.vmm.as_deref())
             } else {
-                (instance, started)
+                launch::supervise(&dir, &instance, global.vmm.as_deref(), started)
             };
-            launch::supervise(&dir, &instance, global.vmm.as_deref(), started)
-                .map_err(|e| CliError::Launch(Box::new(e)))?;
+            supervised.map_err(|e| CliError::Launch(Box::new(e)))?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -1,27 +1,27 @@
 //! Launching and supervising instances on hv-vmm.
 //!
-//! `launch` records the unit revision, creates one folder per instance under the state dir and starts a
-//! detached supervisor (`hv-compute __supervise ID`, its own process group) for each. The supervisor runs
+//! `launch` records the unit revision, creates one folder per instance under the state dir and hands
+//! each to a detached supervisor (its own process group), forked ahead of time (see `pool`). It runs
 //! hv-vmm with the resolved settings (serial output to the instance's `serial.log`), watches hv-vmm's
 //! stderr for `hv-vmm: guest ready after <N> us`, tells `launch` through a pipe (one line), keeps the
 //! instance record current, and applies the unit's restart policy when hv-vmm exits. `stop` marks the
 //! instance as wanted-stopped (so it is not restarted), asks hv-vmm to shut down over its API socket and
 //! falls back to SIGTERM, then SIGKILL.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 mod control;
+mod pool;
 mod supervisor;
 
 pub use control::{api_request, prune, query_vm, stop};
+pub use pool::{supervise_assigned, SupervisorPool};
 pub use supervisor::{parse_ready_line, supervise, vmm_args, READY_PREFIX};
 
 use super::resolve::ResolvedUnit;
@@ -131,92 +131,6 @@ impl LaunchOutcome {
             text.push_str(&format!("\n  warning: {warning}"));
         }
         text
-    }
-}
-
-/// Supervisor processes started as soon as `launch` has parsed its arguments, so that their exec and
-/// start-up overlap launch's own work (loading specs, resolving, the store). Each waits for its
-/// instance id on stdin (`__supervise -`); an unused one sees end-of-file and exits.
-#[derive(Debug)]
-pub struct SupervisorPool {
-    exe: PathBuf,
-    state_dir: PathBuf,
-    vmm: PathBuf,
-    idle: Vec<std::process::Child>,
-    /// The initial supervisors, spawned on a helper thread (spawning blocks for the child's exec).
-    starting: Option<std::thread::JoinHandle<Vec<std::process::Child>>>,
-}
-
-impl SupervisorPool {
-    /// Starts `count` idle supervisors (more are started on demand).
-    pub fn prestart(
-        state_dir: &Path,
-        vmm: Option<&Path>,
-        count: usize,
-    ) -> Result<Self, LaunchError> {
-        let vmm = locate_vmm(vmm)?;
-        let exe = std::env::current_exe().map_err(|source| LaunchError::Spawn {
-            program: PathBuf::from("hv-compute"),
-            source,
-        })?;
-        let state_dir = state_dir.to_owned();
-        let starting = {
-            let (exe, state_dir, vmm) = (exe.clone(), state_dir.clone(), vmm.clone());
-            // A failed spawn here is retried (and reported) by `assign`.
-            std::thread::spawn(move || {
-                (0..count)
-                    .filter_map(|_| Self::spawn_supervisor(&exe, &state_dir, &vmm).ok())
-                    .collect()
-            })
-        };
-        Ok(SupervisorPool {
-            exe,
-            state_dir,
-            vmm,
-            idle: Vec::new(),
-            starting: Some(starting),
-        })
-    }
-
-    fn spawn_one(&self) -> std::io::Result<std::process::Child> {
-        Self::spawn_supervisor(&self.exe, &self.state_dir, &self.vmm)
-    }
-
-    fn spawn_supervisor(
-        exe: &Path,
-        state_dir: &Path,
-        vmm: &Path,
-    ) -> std::io::Result<std::process::Child> {
-        Command::new(exe)
-            .arg("--state-dir")
-            .arg(state_dir)
-            .arg("--vmm")
-            .arg(vmm)
-            .arg("__supervise")
-            .arg("-")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            // Its own process group: Ctrl-C on the launching terminal must not kill the VM.
-            .process_group(0)
-            .spawn()
-    }
-
-    /// Hands instance `id` to an idle supervisor (starting one if none is left).
-    fn assign(&mut self, id: &str) -> std::io::Result<std::process::Child> {
-        if let Some(starting) = self.starting.take() {
-            self.idle.extend(starting.join().unwrap_or_default());
-        }
-        let mut child = match self.idle.pop() {
-            Some(child) => child,
-            None => self.spawn_one()?,
-        };
-        let mut stdin = child
-            .stdin
-            .take()
-            .ok_or_else(|| std::io::Error::other("supervisor has no stdin"))?;
-        writeln!(stdin, "{id}")?;
-        Ok(child)
     }
 }
 
@@ -370,7 +284,7 @@ pub fn launch(
                     Ok(mut child) => {
                         // Listen for the ready notice before committing, so a slow commit cannot
                         // delay when we see it.
-                        let stdout = child.stdout.take();
+                        let stdout = child.notices.take();
                         let sender = sender.clone();
                         std::thread::spawn(move || {
                             let mut line = String::new();
@@ -380,7 +294,7 @@ pub fn launch(
                             let _ = sender.send((index, line, Instant::now()));
                         });
                         let mut record = record.clone();
-                        record.supervisor_pid = Some(child.id());
+                        record.supervisor_pid = Some(child.pid);
                         assigned = Some(child);
                         Some(record)
                     }
@@ -394,7 +308,7 @@ pub fn launch(
             phase(options.started, "supervisor assigned, record committed");
             if let Some(source) = assign_error {
                 return Err(LaunchError::Spawn {
-                    program: pool.exe.clone(),
+                    program: pool.exe().to_owned(),
                     source,
                 });
             }
@@ -404,8 +318,7 @@ pub fn launch(
             };
             if let Err(error) = inserted {
                 // No record, no instance: do not leave an unsupervisable VM behind.
-                let _ = child.kill();
-                let _ = child.wait();
+                child.kill();
                 return Err(error);
             }
             // The supervisor outlives us; it is reparented when this process exits.
