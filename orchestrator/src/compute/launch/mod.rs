@@ -218,9 +218,11 @@ fn prepare(unit: &mut ResolvedUnit, root: &Path) -> Result<Vec<String>, LaunchEr
         }
         disk.path = absolute(root, &disk.path).display().to_string();
     }
-    // hv-vmm's command line has no disk, network or device flags yet: say so rather than drop silently.
+    // hv-vmm attaches disks (`--disk`, virtio-blk) but has no CD-ROM, network or device flags yet:
+    // say so rather than drop silently.
+    let cdroms = unit.disks.iter().filter(|d| d.device != "disk").count();
     for (what, count) in [
-        ("disks", unit.disks.len()),
+        ("CD-ROMs", cdroms),
         ("network interfaces", unit.network.len()),
         ("devices", unit.devices.len()),
     ] {

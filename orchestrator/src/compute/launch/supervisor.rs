@@ -37,6 +37,12 @@ pub fn vmm_args(unit: &ResolvedUnit, api_socket: &str) -> Vec<String> {
         "--api-socket".to_owned(),
         api_socket.to_owned(),
     ]);
+    // Disks (not CD-ROMs) become hv-vmm's virtio-blk devices; `prepare` has made paths absolute
+    // and refused qcow2.
+    for disk in unit.disks.iter().filter(|d| d.device == "disk") {
+        let mode = if disk.readonly { ",ro" } else { "" };
+        args.extend(["--disk".to_owned(), format!("{}{mode}", disk.path)]);
+    }
     args
 }
 
@@ -366,7 +372,11 @@ mod tests {
             kernel: Some("/k".into()),
             initrd: None,
             cmdline: Some("console=ttyS0".into()),
-            disks: vec![],
+            disks: vec![
+                disk("/img/root.raw", "disk", false),
+                disk("/img/data.raw", "disk", true),
+                disk("/img/install.iso", "cdrom", true),
+            ],
             network: vec![],
             devices: vec![],
             serial_log: true,
@@ -374,7 +384,19 @@ mod tests {
         };
         assert_eq!(
             vmm_args(&unit, "/s").join(" "),
-            "run --kernel /k --cmdline console=ttyS0 --vcpus 2 --memory 256M --serial stdio --api-socket /s"
+            "run --kernel /k --cmdline console=ttyS0 --vcpus 2 --memory 256M --serial stdio --api-socket /s \
+             --disk /img/root.raw --disk /img/data.raw,ro"
         );
+    }
+
+    fn disk(path: &str, device: &str, readonly: bool) -> crate::compute::spec::Disk {
+        crate::compute::spec::Disk {
+            path: path.into(),
+            format: "raw".into(),
+            device: device.into(),
+            source: "file".into(),
+            target: None,
+            readonly,
+        }
     }
 }
