@@ -136,6 +136,67 @@ fn test_fio_nbd_engine_verifies() {
     assert!(output.contains("err= 0"), "{output}");
 }
 
+/// A fast tier on tmpfs: reads served wholly from it are copied straight into the reply on the event
+/// loop, reads that also touch the O_DIRECT slow tier or unallocated ranges take the other paths.
+#[test]
+fn test_qemu_io_tmpfs_fast_tier_inline_reads_round_trip() {
+    let shm = std::path::Path::new("/dev/shm");
+    let on_tmpfs = nix::sys::statfs::statfs(shm)
+        .is_ok_and(|stats| stats.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+    if !on_tmpfs {
+        eprintln!("skipping: /dev/shm is not a tmpfs here");
+        return;
+    }
+    if !have_tool("qemu-io") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let shm_dir = tempfile::tempdir_in(shm).unwrap();
+    let volume = create_volume_with_fast_file(
+        dir.path(),
+        &shm_dir.path().join("fast.img"),
+        16 << 20,
+        4 << 20,
+        1 << 20,
+    );
+    let server = Server::start(&volume, &dir.path().join("sock"), &[]);
+    let mut qemu_io = Command::new("qemu-io");
+    qemu_io.args(["-f", "raw", &server.url()]);
+    for command in [
+        // Extents 0-3 fill the fast tier, 4-5 land on the slow tier, 6-15 stay unallocated.
+        "write -P 0xab 0 3M",
+        "write -P 0xcd 3M 3M",
+        "read -P 0xab 0 3M",
+        "read -P 0xab 4096 4096",
+        "read -P 0xab 1000 5000",
+        "read -P 0xcd 3M 1M",
+        "read -P 0xcd 3M 3M",
+        "read -P 0xcd 5M 4096",
+        "read -P 0 8M 1M",
+        "write -P 0x77 3M 4096",
+        "read -P 0x77 3M 4096",
+        "read -P 0xcd 3076k 1020k",
+    ] {
+        qemu_io.args(["-c", command]);
+    }
+    let output = run(&mut qemu_io);
+    assert!(!output.contains("Pattern verification failed"), "{output}");
+    assert!(!output.contains("failed"), "{output}");
+    // A read spanning the fast tier and unallocated space, in one request.
+    let mixed = run(Command::new("qemu-io").args([
+        "-f",
+        "raw",
+        &server.url(),
+        "-c",
+        "write -P 0x42 7M 4096",
+        "-c",
+        "read -P 0 6M 1M",
+        "-c",
+        "read -P 0x42 7M 4096",
+    ]));
+    assert!(!mixed.contains("failed"), "{mixed}");
+}
+
 /// The peer closed: end of stream, or a reset because it left our bytes unread.
 fn is_closed(stream: &mut UnixStream) -> bool {
     let mut rest = Vec::new();
