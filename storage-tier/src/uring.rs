@@ -11,8 +11,10 @@
 //! into the reply on the event loop. It cannot wait for a device, and skipping the buffer allocation, the
 //! ring round trip and the second copy is what makes fast-tier hits cheap.
 //!
-//! Registered (fixed) buffers are not used: a buffer per request is allocated from the heap and every
-//! request pins a different one, so registering them would cost an `io_uring_register` per request.
+//! Registered (fixed) buffers are not used. 4 KiB request buffers are reused from a per-connection
+//! spare list (not zeroed: reads zero their unallocated ranges, writes overwrite the whole buffer);
+//! registering that set would save the kernel's per-request page pinning only for device-tier misses,
+//! which are a minority of requests once the fast tier is warm.
 //!
 //! This is the crate's only `unsafe` code: pushing submission entries. Every buffer whose address a
 //! submitted entry carries is owned by the [`Connection`] (the receive buffer, or a `Pending` slot) and
@@ -34,6 +36,8 @@ const RECV_TAG: u64 = u64::MAX;
 const RECV_CHUNK: usize = 256 << 10;
 /// Requests in flight per connection before we stop parsing (keeps the CQ from overflowing).
 const MAX_IN_FLIGHT: usize = 128;
+/// Request buffers of this length (the usual 4 KiB block) are kept for reuse instead of freed.
+const POOLED_BUF_LEN: usize = 4096;
 
 /// Whether this kernel lets us create an io_uring (it may be disabled by sysctl or seccomp).
 pub fn available() -> bool {
@@ -64,6 +68,8 @@ struct Connection<'a, S: NbdStream> {
     free_slots: Vec<usize>,
     recv_buf: Box<[u8]>,
     recv_armed: bool,
+    /// Buffers of completed requests, reused (not zeroed) by the next ones.
+    spare_bufs: Vec<AlignedBuf>,
     inbuf: Vec<u8>,
     outbuf: Vec<u8>,
     ops_in_flight: usize,
@@ -86,6 +92,7 @@ pub fn serve_connection<S: NbdStream>(stream: S, export: &Export) -> Result<(), 
         free_slots: Vec::new(),
         recv_buf: vec![0u8; RECV_CHUNK].into_boxed_slice(),
         recv_armed: false,
+        spare_bufs: Vec::new(),
         inbuf: Vec::new(),
         outbuf: Vec::new(),
         ops_in_flight: 0,
@@ -242,6 +249,25 @@ impl<S: NbdStream> Connection<'_, S> {
         if pending.error == 0 && request.kind == CMD_READ {
             self.outbuf.extend_from_slice(pending.buf.as_slice());
         }
+        // Every operation on the buffer has been reaped (remaining == 0): the kernel is done with it.
+        self.recycle_buf(pending.buf);
+    }
+
+    /// A buffer for a request of `len` bytes. A reused one holds an earlier request's bytes: callers
+    /// overwrite all of it (write payloads) or zero what the ring will not fill (reads).
+    fn take_buf(&mut self, len: usize) -> AlignedBuf {
+        if len == POOLED_BUF_LEN {
+            if let Some(buf) = self.spare_bufs.pop() {
+                return buf;
+            }
+        }
+        AlignedBuf::zeroed(len)
+    }
+
+    fn recycle_buf(&mut self, buf: AlignedBuf) {
+        if buf.len() == POOLED_BUF_LEN && self.spare_bufs.len() < MAX_IN_FLIGHT {
+            self.spare_bufs.push(buf);
+        }
     }
 
     fn parse_requests(&mut self) -> Result<(), NbdError> {
@@ -318,7 +344,7 @@ impl<S: NbdStream> Connection<'_, S> {
                 push_simple_reply(&mut self.outbuf, error, request.cookie);
                 return;
             }
-            let mut payload_buf = AlignedBuf::zeroed(request.length as usize);
+            let mut payload_buf = self.take_buf(request.length as usize);
             payload_buf
                 .as_mut_slice()
                 .copy_from_slice(&self.inbuf[payload]);
@@ -354,7 +380,19 @@ impl<S: NbdStream> Connection<'_, S> {
             },
             _ => plan,
         };
-        let buf = buf.unwrap_or_else(|| AlignedBuf::zeroed(request.length as usize));
+        let buf = match buf {
+            Some(buf) => buf,
+            None => {
+                let mut buf = self.take_buf(request.length as usize);
+                // Unallocated ranges read as zeros; a reused buffer still holds another request's data.
+                for segment in &plan.segments {
+                    if let Segment::Zero { buf_offset, len } = *segment {
+                        buf.as_mut_slice()[buf_offset..buf_offset + len].fill(0);
+                    }
+                }
+                buf
+            }
+        };
         let io_segments: Vec<(usize, Segment)> = plan
             .segments
             .iter()

@@ -197,6 +197,35 @@ fn test_qemu_io_tmpfs_fast_tier_inline_reads_round_trip() {
     assert!(!mixed.contains("failed"), "{mixed}");
 }
 
+/// Request buffers are reused between requests without being zeroed: the unallocated part of a read
+/// that also touches a written extent must still come back as zeros, never as an earlier request's bytes.
+#[test]
+fn test_reused_buffers_read_unallocated_ranges_as_zeros() {
+    let dir = tempfile::tempdir().unwrap();
+    let volume = create_volume(dir.path(), 8 << 20, 2 << 20, 1 << 20);
+    let server = Server::start(&volume, &dir.path().join("sock"), &[]);
+    let mut client =
+        NbdClient::connect(UnixStream::connect(&server.socket).unwrap(), "vol").unwrap();
+    let dirty = vec![0xabu8; 4096];
+    // The whole of extent 0.
+    for block in 0..256u64 {
+        client.write(block * 4096, &dirty).unwrap();
+    }
+    for block in 0..64u64 {
+        let mut buf = vec![0u8; 4096];
+        client.read(block * 4096, &mut buf).unwrap();
+        assert_eq!(buf, dirty, "block {block}");
+    }
+    // Extent 0 is written, extent 1 never was: one 4 KiB read across the boundary.
+    let mut straddling = vec![0x55u8; 4096];
+    client.read((1 << 20) - 2048, &mut straddling).unwrap();
+    assert!(straddling[..2048].iter().all(|&byte| byte == 0xab));
+    assert!(
+        straddling[2048..].iter().all(|&byte| byte == 0),
+        "unallocated range returned stale bytes"
+    );
+}
+
 /// The peer closed: end of stream, or a reset because it left our bytes unread.
 fn is_closed(stream: &mut UnixStream) -> bool {
     let mut rest = Vec::new();
