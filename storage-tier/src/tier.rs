@@ -52,6 +52,8 @@ pub struct TierFile {
     pub capacity: u64,
     buffered: File,
     direct: Option<File>,
+    /// The file lives on tmpfs: a read is a memory copy that cannot block on a device.
+    memory_backed: bool,
 }
 
 impl TierFile {
@@ -92,7 +94,8 @@ impl TierFile {
         // tmpfs gains nothing from O_DIRECT, and io_uring cannot complete direct reads on it inline
         // (they are punted to worker threads), so it gets the buffered fd only. Elsewhere, EINVAL from
         // the open means no direct I/O: the buffered fd serves alone.
-        let direct = if is_memory_backed(&buffered) {
+        let memory_backed = is_memory_backed(&buffered);
+        let direct = if memory_backed {
             None
         } else {
             OpenOptions::new()
@@ -108,12 +111,18 @@ impl TierFile {
             capacity,
             buffered,
             direct,
+            memory_backed,
         })
     }
 
     /// Whether this tier bypasses the page cache for aligned requests.
     pub fn is_direct(&self) -> bool {
         self.direct.is_some()
+    }
+
+    /// Whether the file lives in RAM (tmpfs), so reading it never waits for a device.
+    pub fn is_memory_backed(&self) -> bool {
+        self.memory_backed
     }
 
     /// The descriptor to use for a request with this buffer address, file offset and length.

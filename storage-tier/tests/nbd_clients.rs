@@ -136,6 +136,96 @@ fn test_fio_nbd_engine_verifies() {
     assert!(output.contains("err= 0"), "{output}");
 }
 
+/// A fast tier on tmpfs: reads served wholly from it are copied straight into the reply on the event
+/// loop, reads that also touch the O_DIRECT slow tier or unallocated ranges take the other paths.
+#[test]
+fn test_qemu_io_tmpfs_fast_tier_inline_reads_round_trip() {
+    let shm = std::path::Path::new("/dev/shm");
+    let on_tmpfs = nix::sys::statfs::statfs(shm)
+        .is_ok_and(|stats| stats.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC);
+    if !on_tmpfs {
+        eprintln!("skipping: /dev/shm is not a tmpfs here");
+        return;
+    }
+    if !have_tool("qemu-io") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let shm_dir = tempfile::tempdir_in(shm).unwrap();
+    let volume = create_volume_with_fast_file(
+        dir.path(),
+        &shm_dir.path().join("fast.img"),
+        16 << 20,
+        4 << 20,
+        1 << 20,
+    );
+    let server = Server::start(&volume, &dir.path().join("sock"), &[]);
+    let mut qemu_io = Command::new("qemu-io");
+    qemu_io.args(["-f", "raw", &server.url()]);
+    for command in [
+        // Extents 0-3 fill the fast tier, 4-5 land on the slow tier, 6-15 stay unallocated.
+        "write -P 0xab 0 3M",
+        "write -P 0xcd 3M 3M",
+        "read -P 0xab 0 3M",
+        "read -P 0xab 4096 4096",
+        "read -P 0xab 1000 5000",
+        "read -P 0xcd 3M 1M",
+        "read -P 0xcd 3M 3M",
+        "read -P 0xcd 5M 4096",
+        "read -P 0 8M 1M",
+        "write -P 0x77 3M 4096",
+        "read -P 0x77 3M 4096",
+        "read -P 0xcd 3076k 1020k",
+    ] {
+        qemu_io.args(["-c", command]);
+    }
+    let output = run(&mut qemu_io);
+    assert!(!output.contains("Pattern verification failed"), "{output}");
+    assert!(!output.contains("failed"), "{output}");
+    // A read spanning the fast tier and unallocated space, in one request.
+    let mixed = run(Command::new("qemu-io").args([
+        "-f",
+        "raw",
+        &server.url(),
+        "-c",
+        "write -P 0x42 7M 4096",
+        "-c",
+        "read -P 0 6M 1M",
+        "-c",
+        "read -P 0x42 7M 4096",
+    ]));
+    assert!(!mixed.contains("failed"), "{mixed}");
+}
+
+/// Request buffers are reused between requests without being zeroed: the unallocated part of a read
+/// that also touches a written extent must still come back as zeros, never as an earlier request's bytes.
+#[test]
+fn test_reused_buffers_read_unallocated_ranges_as_zeros() {
+    let dir = tempfile::tempdir().unwrap();
+    let volume = create_volume(dir.path(), 8 << 20, 2 << 20, 1 << 20);
+    let server = Server::start(&volume, &dir.path().join("sock"), &[]);
+    let mut client =
+        NbdClient::connect(UnixStream::connect(&server.socket).unwrap(), "vol").unwrap();
+    let dirty = vec![0xabu8; 4096];
+    // The whole of extent 0.
+    for block in 0..256u64 {
+        client.write(block * 4096, &dirty).unwrap();
+    }
+    for block in 0..64u64 {
+        let mut buf = vec![0u8; 4096];
+        client.read(block * 4096, &mut buf).unwrap();
+        assert_eq!(buf, dirty, "block {block}");
+    }
+    // Extent 0 is written, extent 1 never was: one 4 KiB read across the boundary.
+    let mut straddling = vec![0x55u8; 4096];
+    client.read((1 << 20) - 2048, &mut straddling).unwrap();
+    assert!(straddling[..2048].iter().all(|&byte| byte == 0xab));
+    assert!(
+        straddling[2048..].iter().all(|&byte| byte == 0),
+        "unallocated range returned stale bytes"
+    );
+}
+
 /// The peer closed: end of stream, or a reset because it left our bytes unread.
 fn is_closed(stream: &mut UnixStream) -> bool {
     let mut rest = Vec::new();

@@ -33,6 +33,17 @@ pub fn have_tool(tool: &str) -> bool {
 
 /// Creates a volume: `size` bytes, 1 MiB extents, a fast tier of `fast` bytes and a slow tier of `size`.
 pub fn create_volume(dir: &Path, size: u64, fast: u64, extent_size: u64) -> PathBuf {
+    create_volume_with_fast_file(dir, &dir.join("fast.img"), size, fast, extent_size)
+}
+
+/// [`create_volume`] with the fast tier's file at `fast_file` (e.g. on tmpfs).
+pub fn create_volume_with_fast_file(
+    dir: &Path,
+    fast_file: &Path,
+    size: u64,
+    fast: u64,
+    extent_size: u64,
+) -> PathBuf {
     let volume = dir.join("vol");
     let status = Command::new(BIN)
         .args(["create", "--volume"])
@@ -44,7 +55,7 @@ pub fn create_volume(dir: &Path, size: u64, fast: u64, extent_size: u64) -> Path
             &extent_size.to_string(),
         ])
         .arg("--tier")
-        .arg(format!("fast={}:{fast}", dir.join("fast.img").display()))
+        .arg(format!("fast={}:{fast}", fast_file.display()))
         .arg("--tier")
         .arg(format!("slow={}:{size}", dir.join("slow.img").display()))
         .stdout(Stdio::null())
