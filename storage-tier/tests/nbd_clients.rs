@@ -131,7 +131,12 @@ fn test_fio_nbd_engine_verifies() {
         "--verify=crc32c",
         "--verify_fatal=1",
         "--do_verify=1",
-        "--random_distribution=zipf:1.2",
+        // Uniform offsets with fio's random map write every block exactly once. A skewed
+        // distribution (zipf) repeats offsets, and with iodepth > 1 two writes to one block can
+        // be in flight together; NBD lets a server complete them in either order, and fio's
+        // verify then reports the older data (fio's documentation warns about exactly this).
+        // Measured: zipf failed 1 run in ~12 at iodepth 32, 0 in 25 at iodepth 1.
+        "--random_distribution=random",
     ]));
     assert!(output.contains("err= 0"), "{output}");
 }
