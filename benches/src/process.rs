@@ -46,26 +46,10 @@ impl std::fmt::Display for RunError {
 }
 
 /// Runs `command`, waits for `marker` on stdout, then waits for exit when `expect_exit`, else kills.
-pub fn time_run(
-    mut command: Command,
-    marker: &str,
-    expect_exit: bool,
-) -> Result<RunTiming, RunError> {
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+pub fn time_run(command: Command, marker: &str, expect_exit: bool) -> Result<RunTiming, RunError> {
     let cpu_before = children_cpu_time();
     let start = Instant::now();
-    let mut child = command.spawn().map_err(RunError::Spawn)?;
-    let mut stdout = child.stdout.take().ok_or(RunError::NoMarker {
-        output: String::new(),
-    })?;
-    if let Err(e) = read_until_marker(&mut stdout, marker) {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(e);
-    }
+    let mut child = start_until_marker(command, marker)?;
     let ready = start.elapsed();
     let exit = if expect_exit {
         let _ = child.wait();
