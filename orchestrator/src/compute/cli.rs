@@ -228,6 +228,17 @@ fn load_catalog(global: &Global) -> Result<Catalog, CliError> {
     })
 }
 
+/// The stored record of instance `id` (one lookup shared by `status` and `logs`).
+fn find_instance(global: &Global, id: String) -> Result<crate::store::InstanceRecord, CliError> {
+    let state =
+        state::open(global.state_dir.as_deref()).map_err(|e| CliError::State(Box::new(e)))?;
+    state
+        .store
+        .instance(&id)
+        .map_err(|e| CliError::Store(Box::new(e)))?
+        .ok_or(CliError::NoSuchTarget { target: id })
+}
+
 fn resolve_unit(catalog: &Catalog, unit: &str) -> Result<resolve::Resolution, CliError> {
     resolve::resolve_unit(catalog, unit).map_err(|source| CliError::Resolve {
         unit: unit.to_owned(),
@@ -383,13 +394,7 @@ fn dispatch(cli: Cli, started: std::time::Instant) -> Result<ExitCode, CliError>
             }
         }
         Command::Status { instance } => {
-            let state = state::open(global.state_dir.as_deref())
-                .map_err(|e| CliError::State(Box::new(e)))?;
-            let record = state
-                .store
-                .instance(&instance)
-                .map_err(|e| CliError::Store(Box::new(e)))?
-                .ok_or(CliError::NoSuchTarget { target: instance })?;
+            let record = find_instance(&global, instance)?;
             let live = launch::query_vm(Path::new(&record.api_socket));
             if global.json {
                 print_json(&serde_json::json!({ "instance": record, "vm": live }));
@@ -429,13 +434,7 @@ fn dispatch(cli: Cli, started: std::time::Instant) -> Result<ExitCode, CliError>
             }
         }
         Command::Logs { instance, vmm_log } => {
-            let state = state::open(global.state_dir.as_deref())
-                .map_err(|e| CliError::State(Box::new(e)))?;
-            let record = state
-                .store
-                .instance(&instance)
-                .map_err(|e| CliError::Store(Box::new(e)))?
-                .ok_or(CliError::NoSuchTarget { target: instance })?;
+            let record = find_instance(&global, instance)?;
             let path = if vmm_log {
                 &record.vmm_log
             } else {
