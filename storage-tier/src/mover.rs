@@ -253,6 +253,19 @@ mod tests {
         Volume::create(&dir.join("vol"), 8 * 65536, 65536, tiers).unwrap()
     }
 
+    /// Eight written extents, of which the last was read 50 times (hot) and the rest never.
+    fn volume_with_hot_last_extent(dir: &std::path::Path) -> Volume {
+        let volume = volume(dir);
+        for extent in 0..8u64 {
+            volume.write_at(&[1u8; 65536], extent * 65536).unwrap();
+        }
+        let mut buf = vec![0u8; 512];
+        for _ in 0..50 {
+            volume.read_at(&mut buf, 7 * 65536).unwrap();
+        }
+        volume
+    }
+
     fn tier_of(volume: &Volume, extent: u64) -> u8 {
         volume
             .map_snapshot()
@@ -296,14 +309,7 @@ mod tests {
     #[test]
     fn test_rebalance_respects_budget() {
         let dir = tempfile::tempdir().unwrap();
-        let volume = volume(dir.path());
-        for extent in 0..8u64 {
-            volume.write_at(&[1u8; 65536], extent * 65536).unwrap();
-        }
-        let mut buf = vec![0u8; 512];
-        for _ in 0..50 {
-            volume.read_at(&mut buf, 7 * 65536).unwrap();
-        }
+        let volume = volume_with_hot_last_extent(dir.path());
         assert_eq!(
             rebalance(&volume, &DecayingCounterPolicy::default(), 65536).unwrap(),
             0
@@ -317,20 +323,14 @@ mod tests {
     #[test]
     fn test_rebalance_residency_keeps_recent_moves_in_place() {
         let dir = tempfile::tempdir().unwrap();
-        let volume = volume(dir.path());
-        for extent in 0..8u64 {
-            volume.write_at(&[1u8; 65536], extent * 65536).unwrap();
-        }
-        let mut buf = vec![0u8; 512];
-        for _ in 0..50 {
-            volume.read_at(&mut buf, 7 * 65536).unwrap();
-        }
+        let volume = volume_with_hot_last_extent(dir.path());
         let policy = DecayingCounterPolicy::default();
         assert_eq!(
             rebalance_with_residency(&volume, &policy, 1 << 30, 100).unwrap(),
             2
         );
         // Extent 0 was demoted just now; even far hotter, it may not come back before its residency ends.
+        let mut buf = vec![0u8; 512];
         for _ in 0..500 {
             volume.read_at(&mut buf, 0).unwrap();
         }
